@@ -1,0 +1,3 @@
+from omnidit.cli import main
+
+raise SystemExit(main())

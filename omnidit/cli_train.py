@@ -1,0 +1,96 @@
+"""`omnidit train vae|cache|dit|export`: the embedded model's training stages, each resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the embedded shapes model (stages: vae, cache, dit, export)")
+    st = p.add_subparsers(dest="stage", required=True, parser_class=type(p))
+
+    v = st.add_parser("vae", help="train the small causal video VAE on the shapes world")
+    v.add_argument("--out", default="runs/shapes/vae")
+    v.add_argument("--minutes", type=float, default=15.0)
+    v.add_argument("--steps", type=int, default=None)
+    v.add_argument("--seed", type=int, default=0)
+    v.set_defaults(func=cmd_train_vae)
+
+    c = st.add_parser("cache", help="pre-encode latents + text embeddings for DiT training")
+    c.add_argument("--vae", default="runs/shapes/vae/vae")
+    c.add_argument("--out", default="runs/shapes/cache")
+    c.add_argument("--images", type=int, default=16384)
+    c.add_argument("--videos", type=int, default=2048)
+    c.add_argument("--video-frames", type=int, default=17)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_train_cache)
+
+    d = st.add_parser("dit", help="flow-matching training of the DiT on the cache")
+    d.add_argument("--out", default="runs/shapes/dit")
+    d.add_argument("--vae", default="runs/shapes/vae/vae")
+    d.add_argument("--cache", default="runs/shapes/cache")
+    d.add_argument("--minutes", type=float, default=60.0)
+    d.add_argument("--steps", type=int, default=None)
+    d.add_argument("--lr", type=float, default=3e-4)
+    d.add_argument("--image-batch", type=int, default=32)
+    d.add_argument("--video-batch", type=int, default=8)
+    d.add_argument("--eval-every", type=int, default=1000)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_train_dit)
+
+    e = st.add_parser("export", help="write a run's EMA weights + VAE as a model folder")
+    e.add_argument("--checkpoint", default="runs/shapes/dit/checkpoint.pt")
+    e.add_argument("--vae", default="runs/shapes/vae/vae")
+    e.add_argument("--out", default="omnidit/models/shapes")
+    e.set_defaults(func=cmd_train_export)
+
+
+def cmd_train_vae(args) -> int:
+    from omnidit.training.vae_train import VAETrainConfig, train_vae
+
+    train_vae(VAETrainConfig(out=args.out, max_minutes=args.minutes, max_steps=args.steps, seed=args.seed))
+    return 0
+
+
+def cmd_train_cache(args) -> int:
+    from omnidit.cli import UserError
+    from omnidit.tokenizers import load_text_encoder
+    from omnidit.training.latent_cache import build_cache
+
+    if not Path(args.vae, "config.json").is_file():
+        raise UserError(f"--vae {args.vae!r} is not a trained VAE folder (run `omnidit train vae` first)")
+    te = load_text_encoder({"kind": "sentence"})
+    out = Path(args.out)
+    build_cache(Path(args.vae), out / "images", n=args.images, frames=1, seed=args.seed, text_encoder=te)
+    if args.videos:
+        build_cache(Path(args.vae), out / "videos", n=args.videos, frames=args.video_frames, seed=args.seed,
+                    text_encoder=te)
+    return 0
+
+
+def cmd_train_dit(args) -> int:
+    from omnidit.cli import UserError
+    from omnidit.training.dit_train import DiTTrainConfig, train_dit
+
+    cache = Path(args.cache)
+    if not (cache / "images").is_dir():
+        raise UserError(f"--cache {args.cache!r} has no images/ (run `omnidit train cache` first)")
+    videos = cache / "videos"
+    train_dit(DiTTrainConfig(
+        out=args.out, vae=args.vae, image_cache=str(cache / "images"),
+        video_cache=str(videos) if videos.is_dir() else None, max_minutes=args.minutes, max_steps=args.steps,
+        lr=args.lr, image_batch=args.image_batch, video_batch=args.video_batch, eval_every=args.eval_every,
+        seed=args.seed,
+    ))
+    return 0
+
+
+def cmd_train_export(args) -> int:
+    from omnidit.cli import UserError
+    from omnidit.training.dit_train import SHAPES_SAMPLING
+    from omnidit.training.export import export_model
+
+    if not Path(args.checkpoint).is_file():
+        raise UserError(f"--checkpoint {args.checkpoint!r} does not exist")
+    print(export_model(Path(args.checkpoint), Path(args.vae), Path(args.out), sampling=SHAPES_SAMPLING))
+    return 0

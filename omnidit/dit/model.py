@@ -1,0 +1,249 @@
+"""DiT: the HunyuanVideo transformer, weight-compatible with diffusers' HunyuanVideoTransformer3DModel.
+
+Data flow (B batch, N video tokens, L text tokens, S = N + L, D model width):
+
+    video [B, C, T, H, W] --patchify--> img [B, N, D]
+    text [B, L, Dt] --token refiner--> txt [B, L, D]          timestep/guidance/pooled --> temb [B, D]
+    dual-stream blocks:   (img, txt) -> (img, txt), joint attention over [img | txt]
+    single-stream blocks: x = [img | txt] -> x
+    final adaLN + linear on the video tokens --unpatchify--> [B, C_out, T, H, W]
+
+Padded text: diffusers only ever masks padded text as attention *keys*, and video outputs never
+depend on padded rows, so we drop the text tail no sample uses and give the attention a
+`JointLayout` (per-sample text lengths) instead of a dense mask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from omnidit.dit.attention import AttentionBackend, JointLayout, get_backend, joint_attention
+from omnidit.dit.blocks import (
+    DualStreamBlock,
+    FinalLayer,
+    Modulation,
+    RefinerBlock,
+    RMSNorm,
+    SingleStreamBlock,
+    TokenRefiner,
+)
+from omnidit.dit.config import DiTConfig
+from omnidit.dit.embeddings import (
+    ConditionEmbedding,
+    PatchEmbed,
+    rope_3d,
+    rope_with_text_identity,
+    unpatchify,
+)
+
+JointAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, JointLayout], torch.Tensor]
+
+
+class DiT(nn.Module):
+    def __init__(self, config: DiTConfig, *, attention_backend: str | None = None):
+        super().__init__()
+        self.config = config
+        D, heads, c = config.inner_dim, config.num_attention_heads, config
+        self.patch = (c.patch_size_t, c.patch_size, c.patch_size)
+        self.x_embedder = PatchEmbed(self.patch, c.in_channels, D)
+        self.context_embedder = TokenRefiner(c.text_embed_dim, D, heads, c.num_refiner_layers)
+        self.time_text_embed = ConditionEmbedding(D, c.pooled_projection_dim, c.guidance_embeds)
+        self.transformer_blocks = nn.ModuleList([DualStreamBlock(D, heads, c.mlp_ratio) for _ in range(c.num_layers)])
+        self.single_transformer_blocks = nn.ModuleList(
+            [SingleStreamBlock(D, heads, c.mlp_ratio) for _ in range(c.num_single_layers)]
+        )
+        self.norm_out = FinalLayer(D)
+        self.proj_out = nn.Linear(D, c.patch_volume * c.out_channels)
+        self.gradient_checkpointing = False
+        self._joint_attention_fn: JointAttention | None = None
+        self.attention_backend: AttentionBackend = get_backend(attention_backend, config_value=c.attention_backend)
+        self.initialize_weights()
+
+    # --- attention hook --------------------------------------------------------------------------
+
+    def joint_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: JointLayout) -> torch.Tensor:
+        """Every joint (video + text) attention goes through here: `[B, S, H, Dh]` x3 -> `[B, S, H, Dh]`."""
+        if self._joint_attention_fn is not None:
+            return self._joint_attention_fn(q, k, v, layout)
+        return joint_attention(q, k, v, layout, self.attention_backend)
+
+    def set_joint_attention(self, fn: JointAttention | None) -> None:
+        """Replace the joint attention (e.g. by a sequence-parallel one); None restores the default."""
+        self.__dict__["_joint_attention_fn"] = fn  # never registered as a submodule, even if fn is one
+
+    def set_attention_backend(self, name: str | None) -> None:
+        """Pick the kernel of the default joint attention: name, else $OMNIDIT_ATTENTION_BACKEND, else config."""
+        self.attention_backend = get_backend(name, config_value=self.config.attention_backend)
+
+    # --- init ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """DiT-paper init for training from scratch: xavier linears, N(0, 0.02) timestep MLPs, and
+        zeroed adaLN modulations and output layer so every block starts as the identity."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, RMSNorm)):
+                nn.init.ones_(m.weight)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        w = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        for emb in self.modules():
+            if isinstance(emb, ConditionEmbedding):
+                for mlp in (emb.timestep_embedder, emb.guidance_embedder):
+                    if mlp is not None:
+                        nn.init.normal_(mlp.linear_1.weight, std=0.02)
+                        nn.init.normal_(mlp.linear_2.weight, std=0.02)
+        zeroed = [self.norm_out.linear, self.proj_out]
+        zeroed += [m.linear for m in self.modules() if isinstance(m, Modulation)]
+        zeroed += [b.norm_out.linear for b in self.modules() if isinstance(b, RefinerBlock)]
+        for lin in zeroed:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    # --- forward -------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        guidance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`[B, C, T, H, W]` latents -> `[B, C_out, T, H, W]` prediction (see module docstring)."""
+        grid = self._check_inputs(hidden_states, encoder_hidden_states, encoder_attention_mask, pooled_projections)
+        B = hidden_states.shape[0]
+        timestep = timestep.reshape(-1).expand(B) if timestep.numel() == 1 else timestep  # [B]
+        if guidance is not None:
+            guidance = guidance.reshape(-1).expand(B) if guidance.numel() == 1 else guidance  # [B]
+        text, mask, lengths, padded = _trim_text(encoder_hidden_states, encoder_attention_mask)
+
+        temb = self.time_text_embed(timestep, pooled_projections, guidance)  # [B, D]
+        img = self.x_embedder(hidden_states)  # [B, N, D]
+        txt = self.context_embedder(text, timestep, mask, padded)  # [B, L, D]
+        max_text = int(lengths.max())
+        txt = txt[:, :max_text]  # [B, L', D]; tokens past every sample's length are never attended
+        layout = JointLayout(n_img=img.shape[1], text_lengths=lengths, max_text=max_text)
+        rope = rope_3d(grid, self.config.rope_axes_dim, self.config.rope_theta, img.device)  # 2 x [N, Dh/2]
+
+        img = self.run_blocks(img, txt, temb, rope, layout)  # [B, N, D]
+        out = self.proj_out(self.norm_out(img, temb))  # [B, N, C_out * pt * ph * pw]
+        return unpatchify(out, grid, self.patch)  # [B, C_out, T, H, W]
+
+    def run_blocks(
+        self,
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        temb: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        layout: JointLayout,
+    ) -> torch.Tensor:
+        """The transformer proper on token sequences: img `[B, N, D]`, txt `[B, L, D]` -> img `[B, N, D]`."""
+        attend = self.joint_attention
+        for block in self.transformer_blocks:
+            img, txt = self._call(block, img, txt, temb, rope, layout, attend)  # [B, N, D], [B, L, D]
+        x = torch.cat([img, txt], dim=1)  # [B, S, D]
+        rope_joint = rope_with_text_identity(*rope, txt.shape[1])  # 2 x [S, Dh/2]
+        for block in self.single_transformer_blocks:
+            x = self._call(block, x, temb, rope_joint, layout, attend)  # [B, S, D]
+        return x[:, : layout.n_img]  # [B, N, D]
+
+    def _call(self, block: nn.Module, *args):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def _check_inputs(self, x, text, mask, pooled) -> tuple[int, int, int]:
+        c = self.config
+        if x.ndim != 5 or x.shape[1] != c.in_channels:
+            raise ValueError(f"hidden_states must be [B, {c.in_channels}, T, H, W], got {tuple(x.shape)}")
+        B, _, T, H, W = x.shape
+        pt, p = c.patch_size_t, c.patch_size
+        if T % pt or H % p or W % p:
+            raise ValueError(
+                f"hidden_states T, H, W = {T}, {H}, {W} must be multiples of the patch size ({pt}, {p}, {p})"
+            )
+        if text.ndim != 3 or text.shape[0] != B or text.shape[2] != c.text_embed_dim:
+            raise ValueError(f"encoder_hidden_states must be [{B}, L, {c.text_embed_dim}], got {tuple(text.shape)}")
+        if tuple(mask.shape) != tuple(text.shape[:2]):
+            raise ValueError(f"encoder_attention_mask must be {tuple(text.shape[:2])}, got {tuple(mask.shape)}")
+        if tuple(pooled.shape) != (B, c.pooled_projection_dim):
+            raise ValueError(f"pooled_projections must be [{B}, {c.pooled_projection_dim}], got {tuple(pooled.shape)}")
+        return T // pt, H // p, W // p
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        attention_backend: str | None = None,
+    ) -> DiT:
+        """Load a diffusers-format transformer folder (config.json + safetensors, sharded or not).
+
+        The model is built on the meta device and every tensor is read straight onto `device` in
+        `dtype` (None keeps the stored dtype), so no full-precision host copy is ever made.
+        Original Tencent keys (`double_blocks.*`, ...) are converted on the fly.
+        """
+        from omnidit.dit.checkpoint import load_state_dict, read_config
+
+        config = read_config(path)
+        with torch.device("meta"):
+            model = cls(config, attention_backend=attention_backend)  # no memory, no init cost
+        state = load_state_dict(path, config, dtype=dtype, device=torch.device(device or "cpu"))
+        _check_state_dict(model, state, path)
+        model.load_state_dict(state, strict=True, assign=True)
+        return model
+
+    def save_pretrained(self, path: str | Path, *, max_shard_size: int | str | None = None) -> None:
+        """Write config.json + safetensors that diffusers' `HunyuanVideoTransformer3DModel` loads."""
+        from omnidit.dit.checkpoint import save_folder
+
+        save_folder(path, self.config, self.state_dict(), max_shard_size=max_shard_size)
+
+
+def _trim_text(
+    text: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """One host read of the `[B, L]` mask -> (text, mask, lengths LongTensor[B] on CPU, refiner needs a mask).
+
+    With right padding (the usual case) text and mask are cut to the longest sample before the
+    refiner: real tokens never attend padding, so their outputs are unchanged. Other masks keep
+    diffusers' exact semantics: positional in the refiner, a length count in joint attention.
+    """
+    host = mask.detach().to("cpu").bool()  # [B, L]
+    lengths = host.sum(dim=1)  # [B]
+    if bool((lengths == 0).any()):
+        raise ValueError("encoder_attention_mask: every sample needs at least one real (1) text token")
+    max_len = int(lengths.max())
+    right_padded = bool((host == (torch.arange(host.shape[1]) < lengths[:, None])).all())
+    if right_padded:
+        text, mask, host = text[:, :max_len], mask[:, :max_len], host[:, :max_len]
+    return text, mask, lengths, not bool(host.all())
+
+
+def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path) -> None:
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or unexpected:
+        raise ValueError(
+            f"weights in {str(path)!r} do not match its config.json: missing {len(missing)} key(s) {missing[:8]}, "
+            f"unexpected {len(unexpected)} key(s) {unexpected[:8]}"
+        )
+    bad = [f"{k}: {tuple(state[k].shape)} != {s}" for k, s in want.items() if tuple(state[k].shape) != s]
+    if bad:
+        raise ValueError(f"weights in {str(path)!r} have wrong shapes for its config.json: {bad[:8]}")

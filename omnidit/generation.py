@@ -1,0 +1,99 @@
+"""`Generation`: the frames a pipeline made, and how to write them to disk."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".gif")
+
+
+@dataclass
+class Generation:
+    """uint8 frames `[F, H, W, 3]` plus what made them."""
+
+    frames: np.ndarray
+    fps: int = 8
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        f = self.frames
+        if f.dtype != np.uint8 or f.ndim != 4 or f.shape[-1] != 3:
+            raise ValueError(f"frames must be uint8 [F, H, W, 3], got {f.dtype} {tuple(f.shape)}")
+
+    @property
+    def is_video(self) -> bool:
+        return self.frames.shape[0] > 1
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write `.png` (one frame) or `.mp4`/`.gif` (any number), atomically (temp file + rename)."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+            raise ValueError(f"output suffix {suffix!r} not supported; use one of {IMAGE_SUFFIXES + VIDEO_SUFFIXES}")
+        if suffix in IMAGE_SUFFIXES and self.is_video:
+            raise ValueError(f"{self.frames.shape[0]} frames cannot be saved as {suffix}; use .mp4 or .gif")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent, prefix=f".{path.stem}.")
+        os.close(fd)
+        try:
+            write_frames(self.frames, tmp, fps=self.fps)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def to_bytes(self, fmt: str) -> bytes:
+        """Encode to `png`, `mp4` or `gif` bytes (for HTTP responses)."""
+        with tempfile.TemporaryDirectory() as d:
+            p = self.save(Path(d) / f"out.{fmt}")
+            return p.read_bytes()
+
+
+def write_frames(frames: np.ndarray, path: str | os.PathLike, *, fps: int = 8) -> None:
+    suffix = Path(path).suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        from PIL import Image
+
+        Image.fromarray(frames[0]).save(path)
+    elif suffix == ".gif":
+        from PIL import Image
+
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    elif suffix == ".mp4":
+        import imageio.v2 as imageio
+
+        # libx264 with yuv420p needs even sides; macro_block_size=1 keeps the exact size when already even.
+        h, w = frames.shape[1:3]
+        if h % 2 or w % 2:
+            frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        writer = imageio.get_writer(
+            path, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=9,
+            pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+        )
+        try:
+            for f in frames:
+                writer.append_data(f)
+        finally:
+            writer.close()
+    else:
+        raise ValueError(f"output suffix {suffix!r} not supported")
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Read an `.mp4`/`.gif`/`.png` back to uint8 `[F, H, W, 3]` (used by tests and eval)."""
+    import imageio.v2 as imageio
+
+    suffix = Path(path).suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        from PIL import Image
+
+        return np.asarray(Image.open(path).convert("RGB"))[None]
+    return np.stack([np.asarray(f)[..., :3] for f in imageio.mimread(path, memtest=False)])

@@ -1,0 +1,271 @@
+"""Pipeline: text -> latents -> frames. No Ray, no Gradio, no HTTP.
+
+`Pipeline.from_pretrained(name_or_dir)` takes a shipped model's name (`shapes`,
+`shapes-turbo`) or a diffusers-format folder such as a local copy of HunyuanVideo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from omnidit.generation import Generation
+from omnidit.pipeline_config import PipelineConfig, read_pipeline_config
+
+MODELS_DIR = Path(__file__).parent / "models"
+DEFAULT_MODEL = "shapes-turbo"
+
+# callback(step, total, latents) after each denoising step; may raise sampling.Cancelled.
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+def shipped_models() -> list[str]:
+    """Names of the models inside the package (folders with a model_index.json)."""
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "model_index.json").is_file())
+
+
+def default_model() -> str:
+    """The default model: `shapes-turbo` when shipped, else the first shipped one."""
+    names = shipped_models()
+    if DEFAULT_MODEL in names or not names:
+        return DEFAULT_MODEL
+    return "shapes" if "shapes" in names else names[0]
+
+
+def resolve_model(name_or_dir: str | os.PathLike) -> Path:
+    """A shipped model's name or a folder -> the folder; a clear error otherwise."""
+    s = str(name_or_dir)
+    if s in shipped_models():
+        return MODELS_DIR / s
+    p = Path(s).expanduser()
+    if (p / "model_index.json").is_file():
+        return p
+    if p.exists():
+        raise ValueError(f"model folder {s!r} has no model_index.json (expected a diffusers-format pipeline folder)")
+    raise ValueError(f"model {s!r} is neither a shipped model {shipped_models()} nor an existing folder")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class _Request:
+    """Validated generate() arguments, with defaults filled in."""
+
+    frames: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    cfg_scale: float  # > 1 runs a second, unconditional forward
+    negative_prompt: str | None
+
+
+class Pipeline:
+    """A DiT, a video VAE and a text encoder, with the sampling defaults of their model."""
+
+    def __init__(self, dit, vae, text_encoder, config: PipelineConfig, *, name: str = "custom"):
+        self.dit = dit
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.config = config
+        self.name = name
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_dir: str | os.PathLike | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> "Pipeline":
+        from omnidit.dit import DiT
+        from omnidit.tokenizers import VideoVAE, load_text_encoder
+
+        model_dir = resolve_model(name_or_dir or default_model())
+        device = torch.device(device) if device is not None else default_device()
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        index = json.loads((model_dir / "model_index.json").read_text())
+        dit = DiT.from_pretrained(model_dir / "transformer", dtype=dtype, device=device).eval()
+        # The VAE decodes in fp32 on CPU; on GPU its activations fit bf16 comfortably.
+        vae = VideoVAE.from_pretrained(model_dir / "vae", dtype=dtype, device=device)
+        spec = index.get("omnidit", {}).get("text_encoder")
+        text_encoder = load_text_encoder(spec if spec is not None else model_dir, dtype=dtype, device=device)
+        config = read_pipeline_config(model_dir, index, dit.config.guidance_embeds)
+        name = model_dir.name if model_dir.parent == MODELS_DIR else str(model_dir)
+        return cls(dit, vae, text_encoder, config, name=name)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dit.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.dit.parameters()).dtype
+
+    # ---- argument handling -------------------------------------------------------------
+
+    def check(
+        self,
+        *,
+        frames: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        negative_prompt: str | None = None,
+        true_cfg_scale: float | None = None,
+    ) -> _Request:
+        """Validate arguments against the model's limits; ValueError names the field."""
+        c = self.config
+        height = c.height if height is None else height
+        width = c.width if width is None else width
+        steps = c.steps if steps is None else steps
+        guidance = c.guidance if guidance is None else guidance
+        t = self.vae.temporal_ratio
+        for field, value, top in (("height", height, c.max_height), ("width", width, c.max_width)):
+            if not isinstance(value, int) or value < c.size_multiple or value > top or value % c.size_multiple:
+                raise ValueError(f"{field} must be a multiple of {c.size_multiple} in [{c.size_multiple}, {top}], got {value!r}")
+        if not isinstance(frames, int) or frames < 1 or frames > c.max_frames or (frames - 1) % t:
+            raise ValueError(f"frames must be 1, {1 + t}, {1 + 2 * t}, ... up to {c.max_frames} (1 mod {t}), got {frames!r}")
+        if not isinstance(steps, int) or not 1 <= steps <= 1000:
+            raise ValueError(f"steps must be an integer in [1, 1000], got {steps!r}")
+        if not 0.0 <= float(guidance) <= 30.0:
+            raise ValueError(f"guidance must be in [0, 30], got {guidance!r}")
+        if c.guidance_mode == "cfg":
+            neg = c.negative_prompt if negative_prompt is None else negative_prompt
+            cfg_scale = float(guidance)
+        else:
+            # Embedded-guidance models (HunyuanVideo) take true CFG only when asked for with a negative prompt.
+            neg = negative_prompt
+            cfg_scale = float(true_cfg_scale if true_cfg_scale is not None else (6.0 if neg is not None else 1.0))
+        return _Request(frames, height, width, steps, float(guidance), cfg_scale, neg if cfg_scale > 1 else None)
+
+    # ---- generation ----------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        frames: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        negative_prompt: str | None = None,
+        seed: int | None = None,
+        callback: StepCallback | None = None,
+        true_cfg_scale: float | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> Generation:
+        """One image (`frames=1`) or video. `steps=None` uses the model's default."""
+        return self.generate_many(
+            [prompt], frames=frames, height=height, width=width, steps=steps, guidance=guidance,
+            negative_prompt=negative_prompt, seeds=[seed], callback=callback,
+            true_cfg_scale=true_cfg_scale, latents=latents,
+        )[0]
+
+    def generate_many(
+        self,
+        prompts: list[str],
+        *,
+        seeds: list[int | None] | None = None,
+        frames: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        negative_prompt: str | None = None,
+        callback: StepCallback | None = None,
+        true_cfg_scale: float | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> list[Generation]:
+        """Several prompts of one size in one batch. Each seed gives the same output as alone."""
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a non-empty string (or a non-empty list of strings)")
+        req = self.check(frames=frames, height=height, width=width, steps=steps, guidance=guidance,
+                         negative_prompt=negative_prompt, true_cfg_scale=true_cfg_scale)
+        seeds = list(seeds) if seeds is not None else [None] * len(prompts)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
+        seeds = [int(torch.randint(0, 2**31 - 1, ()).item()) if s is None else int(s) for s in seeds]
+        if latents is None:
+            latents = torch.cat([self.initial_noise(req, s) for s in seeds])
+        video = self.decode(self.denoise(prompts, latents.to(self.device), req, callback=callback))
+        return [
+            Generation(frames=v, fps=self.config.fps, info={
+                "prompt": p, "seed": s, "steps": req.steps, "guidance": req.guidance,
+                "frames": req.frames, "height": req.height, "width": req.width, "model": self.name,
+            })
+            for p, s, v in zip(prompts, seeds, video)
+        ]
+
+    def initial_noise(self, req: _Request, seed: int) -> torch.Tensor:
+        """`[1, C, F', H', W']` fp32 noise from a CPU generator: identical on every device."""
+        shape = (1, *self.vae.latent_shape(req.frames, req.height, req.width))
+        g = torch.Generator("cpu").manual_seed(seed)
+        return torch.randn(shape, generator=g, dtype=torch.float32)
+
+    @torch.no_grad()
+    def denoise(self, prompts: list[str], latents: torch.Tensor, req: _Request, *,
+                callback: StepCallback | None = None) -> torch.Tensor:
+        """Integrate the flow ODE from noise to clean latents `[B, C, F', H', W']` (fp32)."""
+        from omnidit.sampling import cfg_combine, embedded_guidance, flow_sigmas, get_sampler
+
+        dev, dt = self.device, self.dtype
+        b = len(prompts)
+        cond = self.text_encoder.encode(prompts, device=dev)
+        use_cfg = req.negative_prompt is not None
+        if use_cfg:
+            uncond = self.text_encoder.encode([req.negative_prompt] * b, device=dev)
+            text, mask, pooled = _cat_text(cond, uncond)
+        else:
+            text, mask, pooled = cond.hidden_states, cond.attention_mask, cond.pooled
+        text, pooled = text.to(dt), pooled.to(dt)
+        n = text.shape[0]
+        guidance = (
+            embedded_guidance(req.guidance, n, dev, dt) if self.dit.config.guidance_embeds else None
+        )
+
+        def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            x_in = torch.cat([x, x]) if use_cfg else x
+            t = (sigma * 1000.0).to(torch.float32).expand(n)
+            v = self.dit(x_in.to(dt), t, text, mask, pooled, guidance=guidance).float()
+            if use_cfg:
+                v_cond, v_uncond = v.chunk(2)
+                return cfg_combine(v_cond, v_uncond, req.cfg_scale)
+            return v
+
+        sigmas = flow_sigmas(req.steps, self.config.shift).to(dev)
+        sampler = get_sampler(self.config.sampler)
+        return sampler(model_fn, latents.float(), sigmas, callback=callback)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor):
+        """Latents -> uint8 `[B, F, H, W, 3]` numpy."""
+        from omnidit.tokenizers.vae import frames_to_uint8
+
+        video = self.vae.decode(latents)  # [B, 3, F, H, W] in [-1, 1]
+        return frames_to_uint8(video)
+
+
+def _cat_text(a, b):
+    """Concatenate two TextEmbeddings along the batch, padding the shorter sequence."""
+    la, lb = a.hidden_states.shape[1], b.hidden_states.shape[1]
+    L = max(la, lb)
+
+    def pad(x, n):
+        return torch.nn.functional.pad(x, (0, 0, 0, n)) if x.dim() == 3 else torch.nn.functional.pad(x, (0, n))
+
+    text = torch.cat([pad(a.hidden_states, L - la), pad(b.hidden_states, L - lb)])
+    mask = torch.cat([pad(a.attention_mask, L - la), pad(b.attention_mask, L - lb)])
+    return text, mask, torch.cat([a.pooled, b.pooled])

@@ -1,0 +1,58 @@
+"""Pieces every training loop here shares: EMA, checkpoints that resume, a time budget, metrics."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (kept in fp32)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
+        self.decay = decay
+        self.model = copy.deepcopy(model).float().eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        # Warm up the decay so early EMA weights are not dominated by the random init.
+        d = min(self.decay, (1 + step) / (10 + step))
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p.detach().float(), 1 - d)
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    """Atomically write a dict of state (models' state_dicts, optimizer, step, rng) to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+
+
+class Budget:
+    """Stops a loop after `max_steps` or `max_minutes`, whichever comes first."""
+
+    def __init__(self, max_steps: int | None, max_minutes: float | None):
+        self.max_steps = max_steps
+        self.deadline = time.monotonic() + 60 * max_minutes if max_minutes else None
+
+    def done(self, step: int) -> bool:
+        if self.max_steps is not None and step >= self.max_steps:
+            return True
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+def log_metrics(path: Path, row: dict) -> None:
+    """Append one JSON line (step, losses, eval scores, wall time) to the run's metrics file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")

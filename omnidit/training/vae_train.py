@@ -1,0 +1,141 @@
+"""Train the embedded model's small causal video VAE (diffusers' AutoencoderKLHunyuanVideo) on the shapes world.
+
+Images (one frame) and short clips in one run: the VAE is causal, so the first frame of a
+clip is encoded exactly like an image. Loss: L1 on pixels, weighted up on object pixels
+(the background is most of the frame and easy), plus a tiny KL term.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from omnidit.training.common import Budget, load_checkpoint, log_metrics, save_checkpoint
+
+SHAPES_VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=8,
+    block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=8,
+    spatial_compression_ratio=8, temporal_compression_ratio=4, mid_block_add_attention=True,
+)
+
+
+@dataclass
+class VAETrainConfig:
+    out: str = "runs/shapes/vae"
+    size: int = 64
+    images_per_step: int = 12
+    clips_per_step: int = 1
+    clip_frames: int = 9
+    lr: float = 5e-4
+    kl_weight: float = 1e-6
+    object_weight: float = 4.0
+    max_steps: int | None = None
+    max_minutes: float | None = 15.0
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+def make_vae():
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    return AutoencoderKLHunyuanVideo(**SHAPES_VAE_CONFIG)
+
+
+def to_video_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 `[B, F, H, W, 3]` -> float `[B, 3, F, H, W]` in [-1, 1]."""
+    return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+
+
+def _loss(vae, x: torch.Tensor, cfg: VAETrainConfig) -> tuple[torch.Tensor, dict]:
+    post = vae.encode(x).latent_dist
+    z = post.sample()
+    rec = vae.decode(z).sample  # [B, 3, F, H, W]
+    # Object pixels differ from the frame's corner colour (the background); weight them up.
+    bg = x[:, :, :, :1, :1]
+    obj = ((x - bg).abs().amax(1, keepdim=True) > 0.05).float()
+    w = 1.0 + cfg.object_weight * obj
+    l1 = (w * (rec - x).abs()).mean()
+    kl = post.kl().mean() / x[0].numel()
+    return l1 + cfg.kl_weight * kl, {"l1": float((rec - x).abs().mean()), "kl": float(kl)}
+
+
+def train_vae(cfg: VAETrainConfig) -> Path:
+    from omnidit.shapes.world import random_batch
+
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed)
+    vae = make_vae().train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    step = 0
+    rng = np.random.default_rng(cfg.seed)
+    ck = load_checkpoint(out / "checkpoint.pt")
+    if ck is not None:
+        vae.load_state_dict(ck["vae"])
+        opt.load_state_dict(ck["opt"])
+        step = ck["step"]
+        rng.bit_generator.state = ck["rng"]
+        print(f"resumed VAE training at step {step}")
+    budget = Budget(cfg.max_steps, cfg.max_minutes)
+    bar = tqdm(desc="vae", unit="step", initial=step)
+    t0 = time.time()
+    while not budget.done(step):
+        lr = cfg.lr * min(1.0, (step + 1) / 100)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        _, img, _ = random_batch(rng, cfg.images_per_step, frames=1, size=cfg.size)
+        loss, logs = _loss(vae, to_video_tensor(img), cfg)
+        if cfg.clips_per_step:
+            _, vid, _ = random_batch(rng, cfg.clips_per_step, frames=cfg.clip_frames, size=cfg.size)
+            vloss, vlogs = _loss(vae, to_video_tensor(vid), cfg)
+            loss = loss + vloss
+            logs["video_l1"] = vlogs["l1"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(l1=f"{logs['l1']:.4f}")
+        if step % cfg.checkpoint_every == 0 or budget.done(step):
+            save_checkpoint(out / "checkpoint.pt", vae=vae.state_dict(), opt=opt.state_dict(),
+                            step=step, rng=rng.bit_generator.state, config=asdict(cfg))
+            log_metrics(out / "metrics.jsonl", {"step": step, "loss": float(loss), **logs,
+                                                 "seconds": round(time.time() - t0, 1)})
+    bar.close()
+    return export_vae(vae, out / "vae", size=cfg.size, seed=cfg.seed)
+
+
+@torch.no_grad()
+def export_vae(vae, out_dir: Path, *, size: int = 64, seed: int = 0, n: int = 256) -> Path:
+    """Save in diffusers format with `scaling_factor` set so latents have unit variance."""
+    from omnidit.shapes.world import random_batch
+
+    vae = vae.eval()
+    _, img, _ = random_batch(np.random.default_rng(seed + 1), n, frames=1, size=size)
+    z = torch.cat([vae.encode(to_video_tensor(img[i:i + 32])).latent_dist.mode() for i in range(0, n, 32)])
+    scale = 1.0 / float(z.std())
+    vae.register_to_config(scaling_factor=round(scale, 6))
+    vae.save_pretrained(out_dir)
+    print(f"saved VAE to {out_dir} (scaling_factor {scale:.4f}, latent mean {float(z.mean()):.3f})")
+    return out_dir
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae_dir: Path, *, frames: int = 1, n: int = 64, size: int = 64, seed: int = 123) -> float:
+    """PSNR (dB) of encode->decode on fresh scenes: how much the VAE keeps."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    from omnidit.shapes.world import random_batch
+
+    vae = AutoencoderKLHunyuanVideo.from_pretrained(vae_dir).eval()
+    _, vid, _ = random_batch(np.random.default_rng(seed), n, frames=frames, size=size)
+    x = to_video_tensor(vid)
+    rec = torch.cat([vae.decode(vae.encode(x[i:i + 16]).latent_dist.mode()).sample for i in range(0, n, 16)])
+    mse = float(((rec.clamp(-1, 1) - x) / 2).pow(2).mean())
+    return 10 * math.log10(1.0 / max(mse, 1e-12))

@@ -1,0 +1,150 @@
+"""omnidit.tokenizers.vae: shapes, parity with diffusers' AutoencoderKLHunyuanVideo, validation, uint8."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers.video_processor import VideoProcessor
+
+from omnidit.tokenizers import VideoVAE, frames_to_uint8
+from tiny_hunyuan import make_tiny_vae
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vae")
+    make_tiny_vae(seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vv(vae_dir):
+    return VideoVAE.from_pretrained(vae_dir)
+
+
+@pytest.fixture(scope="module")
+def ref_vae(vae_dir):
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    return AutoencoderKLHunyuanVideo.from_pretrained(vae_dir).eval()
+
+
+def video(frames, h=16, w=16, seed=0):
+    return torch.rand(1, 3, frames, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_config_and_latent_shape(vv):
+    assert (vv.spatial_ratio, vv.temporal_ratio, vv.latent_channels) == (8, 4, 4)
+    assert vv.scaling_factor == pytest.approx(0.476986)
+    assert vv.latent_shape(1, 16, 16) == (4, 1, 2, 2)
+    assert vv.latent_shape(9, 32, 48) == (4, 3, 4, 6)
+    assert vv.latent_shape(129, 720, 1280) == (4, 33, 90, 160)
+
+
+@pytest.mark.parametrize("frames", [1, 9])
+def test_encode_decode_shapes_and_parity(vv, ref_vae, frames):
+    x = video(frames)
+    z = vv.encode(x)
+    assert z.shape == (1, *vv.latent_shape(frames, 16, 16))
+    with torch.no_grad():
+        ref = ref_vae.encode(x).latent_dist.mode() * ref_vae.config.scaling_factor
+        ref_video = ref_vae.decode(z / ref_vae.config.scaling_factor).sample
+    torch.testing.assert_close(z, ref, atol=1e-6, rtol=0)
+    out = vv.decode(z)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, ref_video, atol=1e-6, rtol=0)
+    assert out.abs().max() > 0.05  # the tiny VAE produces a real signal, not zeros
+
+
+def test_encode_sample_uses_generator(vv, ref_vae):
+    x = video(5, seed=1)
+    a = vv.encode(x, sample=True, generator=torch.Generator().manual_seed(3))
+    b = vv.encode(x, sample=True, generator=torch.Generator().manual_seed(3))
+    c = vv.encode(x, sample=True, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = ref_vae.encode(x).latent_dist.sample(generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, ref * ref_vae.config.scaling_factor, atol=1e-6, rtol=0)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_loads_from_pipeline_folder(tmp_path, vae_dir):
+    import shutil
+
+    shutil.copytree(vae_dir, tmp_path / "vae")
+    assert VideoVAE.from_pretrained(tmp_path).latent_channels == 4
+    with pytest.raises(ValueError, match="config.json"):
+        VideoVAE.from_pretrained(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((4, 16, 16), r"frames must be 1 mod 4 \(1, 5, 9"),
+        ((0, 16, 16), "frames"),
+        ((5, 20, 16), r"height must be a positive multiple of 8 \(8, 16, 24"),
+        ((5, 16, 0), "width must be a positive multiple of 8"),
+    ],
+)
+def test_latent_shape_validation(vv, args, match):
+    with pytest.raises(ValueError, match=match):
+        vv.latent_shape(*args)
+
+
+def test_encode_decode_validation(vv):
+    with pytest.raises(ValueError, match="frames"):
+        vv.encode(video(3))
+    with pytest.raises(ValueError, match="height"):
+        vv.encode(video(1, h=12))
+    with pytest.raises(ValueError, match="channels"):
+        vv.encode(torch.zeros(1, 4, 1, 16, 16))
+    with pytest.raises(ValueError, match="latents"):
+        vv.decode(torch.zeros(1, 3, 1, 2, 2))
+
+
+def test_auto_tiling_switches_on_for_large_frames_only(vae_dir, monkeypatch):
+    vv = VideoVAE.from_pretrained(vae_dir, auto_tiling_pixels=16 * 16)
+    # Small tiles so the tiny test frames are "large" for diffusers' tiler.
+    vv.vae.tile_sample_min_height = vv.vae.tile_sample_min_width = 16
+    vv.vae.tile_sample_stride_height = vv.vae.tile_sample_stride_width = 8
+    calls = []
+    real = vv.vae.tiled_decode
+    monkeypatch.setattr(vv.vae, "tiled_decode", lambda z, **kw: calls.append(z.shape) or real(z, **kw))
+    z = torch.randn(1, 4, 1, 2, 2)
+    assert vv.decode(z).shape == (1, 3, 1, 16, 16) and calls == []  # at the threshold: untiled
+    out = vv.decode(torch.randn(1, 4, 1, 4, 4))
+    assert out.shape == (1, 3, 1, 32, 32) and len(calls) == 1
+    assert vv.vae.use_tiling is False  # restored after the call
+    vv.enable_tiling()
+    assert vv.vae.use_tiling is True
+    vv.disable_tiling()
+    vv.enable_slicing()
+    assert vv.vae.use_slicing is True
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_frames_to_uint8_matches_video_processor(dtype):
+    g = torch.Generator().manual_seed(0)
+    v = torch.rand(2, 3, 3, 8, 8, generator=g) * 2.4 - 1.2  # includes out-of-range values
+    # Exact rounding boundaries: (k + 0.5) / 255 for a few k, mapped back to [-1, 1].
+    v[0, 0, 0, 0, :6] = (torch.tensor([0.5, 1.5, 2.5, 127.5, 128.5, 254.5]) / 255) * 2 - 1
+    v = v.to(dtype)
+    ours = frames_to_uint8(v)
+    assert ours.dtype == torch.uint8 and ours.shape == (2, 3, 8, 8, 3)
+    pil = VideoProcessor(vae_scale_factor=8).postprocess_video(v, output_type="pil")
+    ref = np.stack([np.stack([np.asarray(im) for im in clip]) for clip in pil])
+    assert np.array_equal(ours.numpy(), ref)
+    with pytest.raises(ValueError, match="video"):
+        frames_to_uint8(torch.zeros(1, 4, 1, 2, 2))
+
+
+def test_bf16_decode_matches_diffusers(vae_dir):
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    vv16 = VideoVAE.from_pretrained(vae_dir, dtype=torch.bfloat16)
+    ref = AutoencoderKLHunyuanVideo.from_pretrained(vae_dir, torch_dtype=torch.bfloat16).eval()
+    assert vv16.dtype == torch.bfloat16
+    z = torch.randn(1, 4, 2, 2, 2, generator=torch.Generator().manual_seed(0))  # float32, like the sampler's
+    with torch.no_grad():
+        expected = ref.decode(z.to(torch.bfloat16) / ref.config.scaling_factor).sample  # the pipeline's order
+    out = vv16.decode(z)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+    assert torch.equal(frames_to_uint8(out), frames_to_uint8(expected))

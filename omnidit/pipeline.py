@@ -98,8 +98,7 @@ class Pipeline:
         dit = DiT.from_pretrained(model_dir / "transformer", dtype=dtype, device=device).eval()
         # The VAE decodes in fp32 on CPU; on GPU its activations fit bf16 comfortably.
         vae = VideoVAE.from_pretrained(model_dir / "vae", dtype=dtype, device=device)
-        spec = index.get("omnidit", {}).get("text_encoder")
-        text_encoder = load_text_encoder(spec if spec is not None else model_dir, dtype=dtype, device=device)
+        text_encoder = load_text_encoder(model_dir, dtype=dtype, device=device)
         config = read_pipeline_config(model_dir, index, dit.config.guidance_embeds)
         name = model_dir.name if model_dir.parent == MODELS_DIR else str(model_dir)
         return cls(dit, vae, text_encoder, config, name=name)
@@ -200,7 +199,8 @@ class Pipeline:
         seeds = [int(torch.randint(0, 2**31 - 1, ()).item()) if s is None else int(s) for s in seeds]
         if latents is None:
             latents = torch.cat([self.initial_noise(req, s) for s in seeds])
-        video = self.decode(self.denoise(prompts, latents.to(self.device), req, callback=callback))
+        noise = torch.Generator("cpu").manual_seed(seeds[0])  # for samplers that re-noise
+        video = self.decode(self.denoise(prompts, latents.to(self.device), req, callback=callback, generator=noise))
         return [
             Generation(frames=v, fps=self.config.fps, info={
                 "prompt": p, "seed": s, "steps": req.steps, "guidance": req.guidance,
@@ -217,9 +217,9 @@ class Pipeline:
 
     @torch.no_grad()
     def denoise(self, prompts: list[str], latents: torch.Tensor, req: _Request, *,
-                callback: StepCallback | None = None) -> torch.Tensor:
+                callback: StepCallback | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Integrate the flow ODE from noise to clean latents `[B, C, F', H', W']` (fp32)."""
-        from omnidit.sampling import cfg_combine, embedded_guidance, flow_sigmas, get_sampler
+        from omnidit.sampling import cfg_combine, embedded_guidance, flow_sigmas, timesteps_from_sigmas
 
         dev, dt = self.device, self.dtype
         b = len(prompts)
@@ -238,7 +238,7 @@ class Pipeline:
 
         def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             x_in = torch.cat([x, x]) if use_cfg else x
-            t = (sigma * 1000.0).to(torch.float32).expand(n)
+            t = timesteps_from_sigmas(sigma).to(torch.float32).expand(n)
             v = self.dit(x_in.to(dt), t, text, mask, pooled, guidance=guidance).float()
             if use_cfg:
                 v_cond, v_uncond = v.chunk(2)
@@ -246,8 +246,8 @@ class Pipeline:
             return v
 
         sigmas = flow_sigmas(req.steps, self.config.shift).to(dev)
-        sampler = get_sampler(self.config.sampler)
-        return sampler(model_fn, latents.float(), sigmas, callback=callback)
+        return run_sampler(self.config.sampler, model_fn, latents.float(), sigmas, callback=callback,
+                           generator=generator)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor):
@@ -255,7 +255,19 @@ class Pipeline:
         from omnidit.tokenizers.vae import frames_to_uint8
 
         video = self.vae.decode(latents)  # [B, 3, F, H, W] in [-1, 1]
-        return frames_to_uint8(video)
+        return frames_to_uint8(video).cpu().numpy()
+
+
+def run_sampler(name: str, model_fn, x: torch.Tensor, sigmas: torch.Tensor, *, callback=None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Dispatch to the sampler a model folder names (`euler` or `x0_renoise`)."""
+    from omnidit.sampling import sample_euler, sample_x0_renoise
+
+    if name == "euler":
+        return sample_euler(model_fn, x, sigmas, callback=callback)
+    if name == "x0_renoise":
+        return sample_x0_renoise(model_fn, x, sigmas, generator=generator, callback=callback)
+    raise ValueError(f"sampler {name!r} not one of ('euler', 'x0_renoise')")
 
 
 def _cat_text(a, b):

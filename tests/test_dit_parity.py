@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,8 +137,12 @@ def test_bfloat16_close_to_diffusers():
     assert rel_err(got, want) <= 2e-2
 
 
-def test_joint_attention_equals_key_masked_sdpa():
+@pytest.mark.parametrize("path", ["key-mask", "per-sample-loop"])
+def test_joint_attention_equals_key_masked_sdpa(path):
     # The default hook vs diffusers' formulation: SDPA with padded text masked as keys.
+    backend = BACKENDS["sdpa"]
+    if path == "per-sample-loop":  # what accelerators (and mask-less backends) run
+        backend = dataclasses.replace(backend, supports_mask=False)
     g = torch.Generator().manual_seed(0)
     B, n_img, L, H, D = 3, 5, 4, 2, 8
     q, k, v = (torch.randn(B, n_img + L, H, D, generator=g) for _ in range(3))
@@ -146,7 +152,7 @@ def test_joint_attention_equals_key_masked_sdpa():
     want = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=key_ok[:, None, None]
     ).transpose(1, 2)
-    got = joint_attention(q, k, v, layout, BACKENDS["sdpa"])
+    got = joint_attention(q, k, v, layout, backend)
     assert rel_err(got, want) <= TOL  # all rows, padded queries included
 
 
@@ -219,3 +225,12 @@ def test_guidance_required_when_embedded():
     inputs["guidance"] = None
     with pytest.raises(ValueError, match="guidance"):
         DiT(cfg)(**inputs)
+
+
+def test_per_sample_attention_path_matches_diffusers():
+    # Accelerators run one unmasked attention per sample instead of a key mask; check it end to end.
+    cfg = tiny()
+    ref, ours = make_pair(cfg, seed=4)
+    ours.attention_backend = dataclasses.replace(ours.attention_backend, supports_mask=False)
+    got, want = run_both(ref, ours, make_inputs(cfg, 3, (2, 4, 6), [2, 7, 5], 9))
+    assert rel_err(got, want) <= TOL

@@ -88,10 +88,8 @@ def test_each_corruption_fails_its_own_attribute(images, videos):
         SceneSpec(s.background, [replace(o, shape=SHAPES[(SHAPES.index(o.shape) + 1) % 3]) for o in s.objects])
         for s in specs
     ]
-    resized = [
-        SceneSpec(s.background, [replace(o, size={"small": "large", "large": "small"}.get(o.size, o.size)) for o in s.objects])
-        for s in specs
-    ]
+    flip = {"small": "large", "large": "small", "medium": "medium"}
+    resized = [SceneSpec(s.background, [replace(o, size=flip[o.size]) for o in s.objects]) for s in specs]
     for wrong, attr, keep in [(recoloured, "colour", "shape"), (reshaped, "shape", "colour"), (resized, "size", "colour")]:
         acc = evaluate_many(zip(render_batch(wrong, 1, 64)[:, 0:1], specs))
         assert acc[attr] <= 0.05, (attr, acc)
@@ -112,7 +110,8 @@ def test_mismatched_prompts_score_far_below(images, videos):
 
 
 def test_missing_or_extra_objects_fail_count():
-    two = SceneSpec("gray", [ObjectSpec("circle", "red", position="top left"), ObjectSpec("square", "blue", position="bottom right")])
+    red, blue = ObjectSpec("circle", "red", position="top left"), ObjectSpec("square", "blue", position="bottom right")
+    two = SceneSpec("gray", [red, blue])
     one = SceneSpec("gray", two.objects[:1])
     frames_one, frames_two = render(one), render(two)
     s = score(frames_one, two)

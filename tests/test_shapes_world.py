@@ -41,9 +41,12 @@ def test_canonical_is_deterministic_and_paraphrases_vary():
     variants = {prompt_for(spec, np.random.default_rng(s)) for s in range(200)}
     assert len(variants) > 100
     words = " ".join(variants).lower()
-    for synonym in ("grey", "big", "ball", "upper left", "to the left", "backdrop", "one "):
+    for synonym in ("grey", "big", "ball", "upper left", "to the left", "backdrop", "one ", "the large"):
         assert synonym in words, synonym
-    two = SceneSpec("white", [ObjectSpec("circle", "red", position="left"), ObjectSpec("square", "orange", "small", "right", motion="growing")])
+    two = SceneSpec(
+        "white",
+        [ObjectSpec("circle", "red", position="left"), ObjectSpec("square", "orange", "small", "right", motion="growing")],
+    )
     assert prompt_for(two, paraphrase=False) == (
         "a red circle on the left and a small orange square on the right growing on a white background"
     )
@@ -57,7 +60,8 @@ def test_canonical_is_deterministic_and_paraphrases_vary():
         ("a small green triangle on the right on a gray background, moving up", "gray",
          [("triangle", "green", "small", "right", "up")]),
         ("On a grey background, a big red ball at the upper left.", "gray", [("circle", "red", "large", "top left", None)]),
-        ("A tiny yellow box in the middle. The background is black.", "black", [("square", "yellow", "small", "center", None)]),
+        ("A tiny yellow box in the middle. The background is black.", "black",
+         [("square", "yellow", "small", "center", None)]),
         ("a cyan square getting smaller on a black background", "black", [("square", "cyan", "medium", None, "shrinking")]),
         ("at the bottom right, an orange disc falling on a white backdrop", "white",
          [("circle", "orange", "medium", "bottom right", "down")]),

@@ -49,6 +49,13 @@ def diffusers_encode(pipe_dir, prompts, dtype=None):
         return pipe.encode_prompt(prompts, device="cpu")
 
 
+def test_template_is_diffusers_default():
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+
+    assert text_mod.HUNYUAN_PROMPT_TEMPLATE == DEFAULT_PROMPT_TEMPLATE["template"]
+    assert text_mod.HUNYUAN_CROP_START == DEFAULT_PROMPT_TEMPLATE["crop_start"]
+
+
 def test_hunyuan_matches_diffusers_encode_prompt(pipe_dir, hunyuan):
     assert isinstance(hunyuan, HunyuanTextEncoder) and hunyuan.crop_start == 95
     emb = hunyuan.encode(PROMPTS)

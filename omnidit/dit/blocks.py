@@ -16,7 +16,6 @@ from omnidit.dit.attention import JointLayout, masked_self_attention
 from omnidit.dit.embeddings import ConditionEmbedding, apply_rope
 
 JointAttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, JointLayout], torch.Tensor]
-Rope = tuple[torch.Tensor, torch.Tensor]
 
 EPS = 1e-6
 
@@ -37,6 +36,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype == torch.float32:
+            return F.rms_norm(x, x.shape[-1:], self.weight, eps=EPS)  # one fused kernel
         y = F.rms_norm(x.float(), x.shape[-1:], eps=EPS)  # [..., D] float32
         return y.to(self.weight.dtype) * self.weight
 
@@ -165,15 +166,15 @@ class DualStreamBlock(nn.Module):
         self.ff_context = FeedForward(dim, int(dim * mlp_ratio), act="gelu_tanh")
 
     def forward(
-        self, img: torch.Tensor, txt: torch.Tensor, temb: torch.Tensor, rope: Rope, layout: JointLayout, attend: JointAttnFn
+        self, img: torch.Tensor, txt: torch.Tensor, temb: torch.Tensor, rope: torch.Tensor, layout: JointLayout, attend: JointAttnFn
     ) -> tuple[torch.Tensor, torch.Tensor]:
         a, H = self.attn, self.attn.heads
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(temb)  # [B, 1, D] each
         c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(temb)
 
         h = modulate(img, shift_msa, scale_msa)  # [B, N, D]
-        q = apply_rope(a.norm_q(_heads(a.to_q(h), H)), *rope)  # [B, N, H, Dh]
-        k = apply_rope(a.norm_k(_heads(a.to_k(h), H)), *rope)  # [B, N, H, Dh]
+        q = apply_rope(a.norm_q(_heads(a.to_q(h), H)), rope)  # [B, N, H, Dh]
+        k = apply_rope(a.norm_k(_heads(a.to_k(h), H)), rope)  # [B, N, H, Dh]
         v = _heads(a.to_v(h), H)  # [B, N, H, Dh]
         c = modulate(txt, c_shift_msa, c_scale_msa)  # [B, L, D]
         cq = a.norm_added_q(_heads(a.add_q_proj(c), H))  # [B, L, H, Dh]
@@ -211,12 +212,12 @@ class SingleStreamBlock(nn.Module):
         self.proj_mlp = nn.Linear(dim, int(dim * mlp_ratio))
         self.proj_out = nn.Linear(dim + int(dim * mlp_ratio), dim)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor, rope: Rope, layout: JointLayout, attend: JointAttnFn) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, rope: torch.Tensor, layout: JointLayout, attend: JointAttnFn) -> torch.Tensor:
         a, H = self.attn, self.attn.heads
         shift, scale, gate = self.norm(temb)  # [B, 1, D] each
         h = modulate(x, shift, scale)  # [B, S, D]
-        q = apply_rope(a.norm_q(_heads(a.to_q(h), H)), *rope)  # [B, S, H, Dh]; text rows use identity rotations
-        k = apply_rope(a.norm_k(_heads(a.to_k(h), H)), *rope)  # [B, S, H, Dh]
+        q = apply_rope(a.norm_q(_heads(a.to_q(h), H)), rope)  # [B, S, H, Dh]; text rows use identity rotations
+        k = apply_rope(a.norm_k(_heads(a.to_k(h), H)), rope)  # [B, S, H, Dh]
         v = _heads(a.to_v(h), H)  # [B, S, H, Dh]
         out = attend(q, k, v, layout).flatten(2)  # [B, S, D]
         mlp = F.gelu(self.proj_mlp(h), approximate="tanh")  # [B, S, M]

@@ -135,7 +135,7 @@ class DiT(nn.Module):
         max_text = int(lengths.max())
         txt = txt[:, :max_text]  # [B, L', D]; tokens past every sample's length are never attended
         layout = JointLayout(n_img=img.shape[1], text_lengths=lengths, max_text=max_text)
-        rope = rope_3d(grid, self.config.rope_axes_dim, self.config.rope_theta, img.device)  # 2 x [N, Dh/2]
+        rope = rope_3d(grid, self.config.rope_axes_dim, self.config.rope_theta, img.device)  # [N, Dh/2] complex
 
         img = self.run_blocks(img, txt, temb, rope, layout)  # [B, N, D]
         out = self.proj_out(self.norm_out(img, temb))  # [B, N, C_out * pt * ph * pw]
@@ -146,7 +146,7 @@ class DiT(nn.Module):
         img: torch.Tensor,
         txt: torch.Tensor,
         temb: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: torch.Tensor,
         layout: JointLayout,
     ) -> torch.Tensor:
         """The transformer proper on token sequences: img `[B, N, D]`, txt `[B, L, D]` -> img `[B, N, D]`."""
@@ -154,7 +154,7 @@ class DiT(nn.Module):
         for block in self.transformer_blocks:
             img, txt = self._call(block, img, txt, temb, rope, layout, attend)  # [B, N, D], [B, L, D]
         x = torch.cat([img, txt], dim=1)  # [B, S, D]
-        rope_joint = rope_with_text_identity(*rope, txt.shape[1])  # 2 x [S, Dh/2]
+        rope_joint = rope_with_text_identity(rope, txt.shape[1])  # [S, Dh/2] complex
         for block in self.single_transformer_blocks:
             x = self._call(block, x, temb, rope_joint, layout, attend)  # [B, S, D]
         return x[:, : layout.n_img]  # [B, N, D]

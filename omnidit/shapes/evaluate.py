@@ -8,9 +8,12 @@ Pipeline (pure numpy, no learned models):
    are attributed to the right colour instead of a third palette entry "in between".
 3. Blobs: 4-connected components of equal colour (label propagation with pointer jumping).
 4. Static attributes are read at the middle frame, where spec.py puts an object at its
-   named position and nominal size: shape from the fill ratio of the bounding box (square
-   1.0, circle 0.785, triangle 0.5), size from the extent implied by area and shape, position
-   from the bounding-box centre's nearest grid anchor (its cell).
+   named position and nominal size. Shape: an apex-up triangle has a strongly skewed row
+   profile (skewness ~ -0.57, symmetric shapes 0); squares and circles differ in fill ratio,
+   soft area / (tallest column x widest row): 1.0 vs 0.785. Sums of soft coverage, not pixel
+   extents, keep both robust to blur, noise and dimmed colours. Size: the extent implied by
+   area and shape, nearest canonical size. Position: the bounding-box centre's nearest grid
+   anchor (its cell).
 5. Motion: each mid-frame blob is tracked (same colour, nearest centroid) through up to
    TRACK_FRAMES frames; a direction needs a net centroid displacement along it, growing /
    shrinking an area ratio between the first and last frames.
@@ -41,7 +44,7 @@ from omnidit.shapes.spec import (
 ATTRIBUTES = ("background", "count", "colour", "shape", "position", "size", "motion")
 MIN_BLOB = 0.004  # fraction of the frame: an object at mid-clip (small triangle: 0.016)
 MIN_TRACK_BLOB = 0.001  # fraction of the frame: shrunk or partly off-screen objects
-TRIANGLE_SKEW = 0.25  # |row-profile skewness| of a triangle (~0.57; blur lowers it), else ~0
+TRIANGLE_SKEW = 0.2  # |row-profile skewness| of a triangle (~0.57; blur lowers it), else ~0
 SQUARE_FILL = 0.89  # fill ratio splitting squares (~1.0) from circles (~0.785)
 MOTION_MIN = 0.35 * MOTION_TRAVEL  # net displacement a direction needs
 GROWTH_MIN = 1.6  # last/first area ratio for growing (1/x for shrinking); true ratio ~5.4
@@ -60,7 +63,7 @@ _ANCHORS = np.array([POSITIONS[p] for p in _ANCHOR_NAMES])  # [9, 2]
 class Blob:
     """A connected region of one colour in one frame; coordinates normalised to [0, 1]."""
 
-    frame: int
+    frame: int  # index into the frames given to find_blobs
     colour: str
     area: int  # pixels (coverage >= 0.5)
     cx: float  # centroid
@@ -155,6 +158,20 @@ def label_components(classes: np.ndarray) -> np.ndarray:
         lab = new
 
 
+def _profile(soft: np.ndarray) -> dict[str, float]:
+    """Mass, column / row peaks and row skewness of a soft-coverage window [h, w]."""
+    cols, rows = soft.sum(0), soft.sum(1)  # [w], [h]
+    mass = max(float(rows.sum()), 1e-6)
+    y = np.arange(rows.size) - (rows * np.arange(rows.size)).sum() / mass  # [h] offsets from the centroid
+    var = max(float((rows * y**2).sum() / mass), 1e-6)
+    return {
+        "mass": mass,
+        "col_peak": float(np.sort(cols)[-PEAK_OF:].mean()),
+        "row_peak": float(np.sort(rows)[-PEAK_OF:].mean()),
+        "skew": float((rows * y**3).sum() / mass / var**1.5),
+    }
+
+
 def find_blobs(frames: np.ndarray, bg_rgb: np.ndarray, min_frac: float = MIN_TRACK_BLOB) -> list[list[Blob]]:
     """Blobs of at least min_frac of the frame, per frame, largest first."""
     t_n, h, w, _ = frames.shape
@@ -178,24 +195,18 @@ def find_blobs(frames: np.ndarray, bg_rgb: np.ndarray, min_frac: float = MIN_TRA
     for k in np.flatnonzero(area >= min_frac * h * w):
         f = int(t[first[k]])
         cid = int(classes[f, y[first[k]], x[first[k]]])
-        # Soft coverage of this colour in the bounding box grown by a pixel; faint pixels are
-        # dropped so background noise does not add up along the columns.
+        # Soft coverage of this colour in the bounding box grown by a pixel, relative to the
+        # blob's own interior level (a dimmer or washed-out object is still fully "inside");
+        # faint pixels are dropped so background noise does not add up along the columns.
         win = (f, slice(max(y0[k] - 1, 0), y1[k] + 2), slice(max(x0[k] - 1, 0), x1[k] + 2))
-        soft = np.where(ids[win] == cid, np.minimum(cover[win], 1.0), 0.0)  # [h', w']
+        soft = np.where(ids[win] == cid, cover[win], 0.0)  # [h', w']
+        soft = np.minimum(soft / min(np.percentile(soft[soft >= 0.5], 75), 1.0), 1.0)
         soft[soft < SOFT_FLOOR] = 0.0
-        cols, rows = np.sort(soft.sum(0)), soft.sum(1)
-        ry = np.arange(rows.size) - (rows * np.arange(rows.size)).sum() / max(rows.sum(), 1e-6)
-        var = (rows * ry**2).sum() / max(rows.sum(), 1e-6)
-        skew = (rows * ry**3).sum() / max(rows.sum(), 1e-6) / max(var, 1e-6) ** 1.5
-        rows = np.sort(rows)
         out[f].append(
             Blob(
                 frame=f,
                 colour=_OBJ_NAMES[cid - 1],
-                mass=float(soft.sum()),
-                col_peak=float(cols[-PEAK_OF:].mean()),
-                row_peak=float(rows[-PEAK_OF:].mean()),
-                skew=float(skew),
+                **_profile(soft),
                 area=int(area[k]),
                 cx=float((sx[k] / area[k] + 0.5) / w),
                 cy=float((sy[k] / area[k] + 0.5) / h),

@@ -102,7 +102,7 @@ def vocabulary() -> str:
 
 # --- generation ----------------------------------------------------------------------------
 def _article(next_word: str, rng: np.random.Generator | None) -> str:
-    art = "a" if rng is None else str(rng.choice(["a", "a", "one"]))
+    art = "a" if rng is None else str(rng.choice(["a", "a", "a", "one", "the"]))
     return "an" if art == "a" and next_word[0] in "aeiou" else art
 
 

@@ -238,7 +238,8 @@ class Pipeline:
 
         def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             x_in = torch.cat([x, x]) if use_cfg else x
-            t = timesteps_from_sigmas(sigma).to(torch.float32).expand(n)
+            t = timesteps_from_sigmas(sigma).to(torch.float32)  # [B], as diffusers: sigma * 1000
+            t = torch.cat([t, t]) if use_cfg else t
             v = self.dit(x_in.to(dt), t, text, mask, pooled, guidance=guidance).float()
             if use_cfg:
                 v_cond, v_uncond = v.chunk(2)

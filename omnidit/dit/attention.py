@@ -84,7 +84,8 @@ class AttentionBackend:
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
     mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, S]
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)  # [B, H, S, D]
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, D]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, S, D]
     return out.transpose(1, 2)  # [B, S, H, D]
 
 
@@ -163,7 +164,10 @@ def joint_attention(
     return torch.cat(out, dim=0)  # [B, S, H, D]
 
 
-def masked_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def masked_self_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
     """SDPA over `[B, L, H, D]` with an optional boolean `[B, 1, L, L]` mask (the small text-only refiner)."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, L, D]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, L, D]
     return out.transpose(1, 2)  # [B, L, H, D]

@@ -25,19 +25,20 @@ def layer_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return layer_norm(x) * (1 + scale) + shift  # [B, N, D]; shift/scale [B, 1, D]
+    return torch.addcmul(shift, layer_norm(x), 1 + scale)  # LN(x) * (1 + scale) + shift: [B, N, D]
 
 
 class RMSNorm(nn.Module):
-    """Per-head q/k RMSNorm; normalises in float32, then multiplies the weight in its own dtype (as diffusers)."""
+    """Per-head q/k RMSNorm. Same dtypes: one fused call (accumulating in float32). Mixed dtypes:
+    diffusers' order, normalise in float32, cast to the weight's dtype, multiply."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == self.weight.dtype == torch.float32:
-            return F.rms_norm(x, x.shape[-1:], self.weight, eps=EPS)  # one fused kernel
+        if x.dtype == self.weight.dtype:
+            return F.rms_norm(x, x.shape[-1:], self.weight, eps=EPS)  # [..., D]
         y = F.rms_norm(x.float(), x.shape[-1:], eps=EPS)  # [..., D] float32
         return y.to(self.weight.dtype) * self.weight
 
@@ -50,7 +51,7 @@ class Modulation(nn.Module):
         self.n = n
         self.linear = nn.Linear(dim, n * dim)
 
-    def forward(self, temb: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, temb: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.linear(F.silu(temb)).unsqueeze(1).chunk(self.n, dim=-1)  # n x [B, 1, D]
 
 
@@ -91,7 +92,9 @@ class RefinerAttention(nn.Module):
 
 
 class RefinerBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+    """Pre-norm self-attention + SiLU MLP over text, gated by temb (no shift/scale modulation)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):  # 4.0 whatever the model's ratio
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=EPS)
         self.attn = RefinerAttention(dim, heads)
@@ -101,9 +104,10 @@ class RefinerBlock(nn.Module):
         self.norm_out.linear = nn.Linear(dim, 2 * dim)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        gate_msa, gate_mlp = self.norm_out.linear(F.silu(temb)).unsqueeze(1).chunk(2, dim=-1)  # [B, 1, D] each
-        x = x + self.attn(self.norm1(x), mask) * gate_msa  # [B, L, D]
-        return x + self.ff(self.norm2(x)) * gate_mlp  # [B, L, D]
+        gates = self.norm_out.linear(F.silu(temb)).unsqueeze(1)  # [B, 1, 2D]
+        gate_msa, gate_mlp = gates.chunk(2, dim=-1)  # [B, 1, D] each
+        x = torch.addcmul(x, self.attn(self.norm1(x), mask), gate_msa)  # x + attn * gate: [B, L, D]
+        return torch.addcmul(x, self.ff(self.norm2(x)), gate_mlp)  # [B, L, D]
 
 
 def refiner_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -126,6 +130,7 @@ class TokenRefiner(nn.Module):
         self.token_refiner.refiner_blocks = nn.ModuleList([RefinerBlock(dim, heads) for _ in range(num_layers)])
 
     def forward(self, text: torch.Tensor, timestep: torch.Tensor, mask: torch.Tensor, padded: bool) -> torch.Tensor:
+        """text `[B, L, Dt]`, mask `[B, L]` (1 = real), `padded`: whether mask has zeros -> `[B, L, D]`."""
         m = mask.float().unsqueeze(-1)  # [B, L, 1]
         pooled = ((text * m).sum(dim=1) / m.sum(dim=1)).to(text.dtype)  # [B, Dt] mean over real tokens
         temb = self.time_text_embed(timestep, pooled)  # [B, D]
@@ -148,7 +153,8 @@ class DualStreamAttention(nn.Module):
         self.heads = heads
         self.to_q, self.to_k, self.to_v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.norm_q, self.norm_k = RMSNorm(head_dim), RMSNorm(head_dim)
-        self.add_q_proj, self.add_k_proj, self.add_v_proj = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.add_q_proj, self.add_k_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.add_v_proj = nn.Linear(dim, dim)
         self.norm_added_q, self.norm_added_k = RMSNorm(head_dim), RMSNorm(head_dim)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
         self.to_add_out = nn.Linear(dim, dim)
@@ -166,7 +172,13 @@ class DualStreamBlock(nn.Module):
         self.ff_context = FeedForward(dim, int(dim * mlp_ratio), act="gelu_tanh")
 
     def forward(
-        self, img: torch.Tensor, txt: torch.Tensor, temb: torch.Tensor, rope: torch.Tensor, layout: JointLayout, attend: JointAttnFn
+        self,
+        img: torch.Tensor,  # [B, N, D]
+        txt: torch.Tensor,  # [B, L, D]
+        temb: torch.Tensor,  # [B, D]
+        rope: torch.Tensor,  # [N, Dh/2] complex
+        layout: JointLayout,
+        attend: JointAttnFn,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         a, H = self.attn, self.attn.heads
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(temb)  # [B, 1, D] each
@@ -184,11 +196,12 @@ class DualStreamBlock(nn.Module):
         q, k, v = torch.cat([q, cq], 1), torch.cat([k, ck], 1), torch.cat([v, cv], 1)  # [B, S, H, Dh]
         out = attend(q, k, v, layout).flatten(2)  # [B, S, D]
         n = img.shape[1]
-        img = img + a.to_out[0](out[:, :n]) * gate_msa  # [B, N, D]
-        txt = txt + a.to_add_out(out[:, n:]) * c_gate_msa  # [B, L, D]
+        img = torch.addcmul(img, a.to_out[0](out[:, :n]), gate_msa)  # img + attn * gate: [B, N, D]
+        txt = torch.addcmul(txt, a.to_add_out(out[:, n:]), c_gate_msa)  # [B, L, D]
 
-        img = img + gate_mlp * self.ff(modulate(img, shift_mlp, scale_mlp))  # [B, N, D]
-        txt = txt + c_gate_mlp * self.ff_context(modulate(txt, c_shift_mlp, c_scale_mlp))  # [B, L, D]
+        img = torch.addcmul(img, self.ff(modulate(img, shift_mlp, scale_mlp)), gate_mlp)  # [B, N, D]
+        c = modulate(txt, c_shift_mlp, c_scale_mlp)  # [B, L, D]
+        txt = torch.addcmul(txt, self.ff_context(c), c_gate_mlp)  # [B, L, D]
         return img, txt
 
 
@@ -212,25 +225,34 @@ class SingleStreamBlock(nn.Module):
         self.proj_mlp = nn.Linear(dim, int(dim * mlp_ratio))
         self.proj_out = nn.Linear(dim + int(dim * mlp_ratio), dim)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor, rope: torch.Tensor, layout: JointLayout, attend: JointAttnFn) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, S, D], video tokens first
+        temb: torch.Tensor,  # [B, D]
+        rope: torch.Tensor,  # [S, Dh/2] complex, identity on text rows
+        layout: JointLayout,
+        attend: JointAttnFn,
+    ) -> torch.Tensor:
         a, H = self.attn, self.attn.heads
         shift, scale, gate = self.norm(temb)  # [B, 1, D] each
         h = modulate(x, shift, scale)  # [B, S, D]
-        q = apply_rope(a.norm_q(_heads(a.to_q(h), H)), rope)  # [B, S, H, Dh]; text rows use identity rotations
+        q = apply_rope(a.norm_q(_heads(a.to_q(h), H)), rope)  # [B, S, H, Dh]
         k = apply_rope(a.norm_k(_heads(a.to_k(h), H)), rope)  # [B, S, H, Dh]
         v = _heads(a.to_v(h), H)  # [B, S, H, Dh]
         out = attend(q, k, v, layout).flatten(2)  # [B, S, D]
         mlp = F.gelu(self.proj_mlp(h), approximate="tanh")  # [B, S, M]
-        return x + gate * self.proj_out(torch.cat([out, mlp], dim=-1))  # [B, S, D]
+        y = self.proj_out(torch.cat([out, mlp], dim=-1))  # [B, S, D]
+        return torch.addcmul(x, y, gate)  # x + y * gate: [B, S, D]
 
 
 class FinalLayer(nn.Module):
-    """adaLN (scale, shift: diffusers' AdaLayerNormContinuous order) then nothing else; proj_out is the model's."""
+    """Final adaLN in (scale, shift) order, diffusers' AdaLayerNormContinuous; the model's proj_out follows."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.linear = nn.Linear(dim, 2 * dim)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.linear(F.silu(temb).to(x.dtype)).unsqueeze(1).chunk(2, dim=-1)  # [B, 1, D] each
-        return layer_norm(x) * (1 + scale) + shift  # [B, N, D]
+        emb = self.linear(F.silu(temb).to(x.dtype)).unsqueeze(1)  # [B, 1, 2D]
+        scale, shift = emb.chunk(2, dim=-1)  # [B, 1, D] each
+        return modulate(x, shift, scale)  # [B, N, D]

@@ -33,7 +33,9 @@ def read_config(path: str | Path) -> DiTConfig:
 def weight_files(path: str | Path) -> list[Path]:
     """The safetensors files of a folder: the shards named by an index, else the single weights file."""
     folder = _folder(path)
-    indexes = [folder / INDEX_NAME] if (folder / INDEX_NAME).is_file() else sorted(folder.glob("*.safetensors.index.json"))
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if (folder / INDEX_NAME).is_file():
+        indexes = [folder / INDEX_NAME]  # the standard name wins over stray indexes
     if len(indexes) > 1:
         raise ValueError(f"{folder} has several safetensors indexes {[p.name for p in indexes]}; keep one")
     if indexes:

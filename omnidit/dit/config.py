@@ -89,7 +89,10 @@ class DiTConfig:
 
     def to_dict(self, *, diffusers_version: str | None = None) -> dict[str, Any]:
         """A diffusers-compatible config.json dict (runtime-only fields such as the backend omitted)."""
-        d: dict[str, Any] = {"_class_name": DIFFUSERS_CLASS_NAME, "_diffusers_version": diffusers_version or _diffusers_version()}
+        d: dict[str, Any] = {
+            "_class_name": DIFFUSERS_CLASS_NAME,
+            "_diffusers_version": diffusers_version or _diffusers_version(),
+        }
         for f in dataclasses.fields(self):
             if not f.metadata.get("runtime"):
                 value = getattr(self, f.name)

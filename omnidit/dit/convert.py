@@ -15,7 +15,8 @@ import torch
 from omnidit.dit.config import DiTConfig
 
 ORIGINAL_PREFIXES = (
-    "double_blocks.", "single_blocks.", "final_layer.", "txt_in.", "img_in.", "time_in.", "vector_in.", "guidance_in.",
+    "double_blocks.", "single_blocks.", "final_layer.", "txt_in.",
+    "img_in.", "time_in.", "vector_in.", "guidance_in.",
 )  # fmt: skip
 
 
@@ -102,7 +103,8 @@ def _plan(config: DiTConfig) -> list[_Entry]:
         e += _weight_bias(f"{o}.modulation.linear", f"{d}.norm.linear")
 
     e += _weight_bias("final_layer.linear", "proj_out")
-    e += [_Entry(f"final_layer.adaLN_modulation.1.{s}", (f"norm_out.linear.{s}",), "swap") for s in ("weight", "bias")]
+    for s in ("weight", "bias"):
+        e.append(_Entry(f"final_layer.adaLN_modulation.1.{s}", (f"norm_out.linear.{s}",), "swap"))
     return e
 
 

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 
 
 def timestep_sinusoids(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """`[B]` (0..1000, may be fractional) -> `[B, dim]` as `[cos | sin]`, diffusers' `Timesteps(flip_sin_to_cos=True)`."""
+    """`[B]` (0..1000, may be fractional) -> `[B, dim]` as `[cos | sin]` (diffusers' flip_sin_to_cos=True)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)  # [half]
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device)  # [half]
+    freqs = torch.exp(exponent / half)  # [half]
     args = t[:, None].float() * freqs[None]  # [B, half]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # [B, dim]
 
@@ -38,7 +39,9 @@ class ConditionEmbedding(nn.Module):
         self.text_embedder = MLPEmbedder(pooled_dim, dim)
         self.guidance_embedder = MLPEmbedder(256, dim) if guidance_embeds else None
 
-    def forward(self, timestep: torch.Tensor, pooled: torch.Tensor, guidance: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, timestep: torch.Tensor, pooled: torch.Tensor, guidance: torch.Tensor | None = None
+    ) -> torch.Tensor:
         temb = self.timestep_embedder(timestep_sinusoids(timestep).to(pooled.dtype))  # [B, D]
         if self.guidance_embedder is not None:
             if guidance is None:
@@ -72,7 +75,9 @@ def unpatchify(x: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, in
     return x.reshape(B, -1, T * pt, H * ph, W * pw)  # [B, C, T, H, W]
 
 
-def rope_3d(grid: tuple[int, int, int], axes_dim: tuple[int, int, int], theta: float, device: torch.device) -> torch.Tensor:
+def rope_3d(
+    grid: tuple[int, int, int], axes_dim: tuple[int, int, int], theta: float, device: torch.device
+) -> torch.Tensor:
     """Rotary table for a (T, H, W) token grid: complex64 `[N, head_dim // 2]`, unit phasors.
 
     Each axis gets `axes_dim[i]` channels (as pairs); frequencies and grid are float32 like diffusers'.

@@ -179,7 +179,9 @@ class DiT(nn.Module):
         if tuple(mask.shape) != tuple(text.shape[:2]):
             raise ValueError(f"encoder_attention_mask must be {tuple(text.shape[:2])}, got {tuple(mask.shape)}")
         if tuple(pooled.shape) != (B, c.pooled_projection_dim):
-            raise ValueError(f"pooled_projections must be [{B}, {c.pooled_projection_dim}], got {tuple(pooled.shape)}")
+            raise ValueError(
+                f"pooled_projections must be [{B}, {c.pooled_projection_dim}], got {tuple(pooled.shape)}"
+            )
         return T // pt, H // p, W // p
 
     # --- checkpoints ---------------------------------------------------------------------------

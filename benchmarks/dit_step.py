@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from omnidit.dit import DiT, DiTConfig, PRESETS, preset  # noqa: E402
+from omnidit.dit import PRESETS, DiT, DiTConfig, preset  # noqa: E402
 
 # Mid-size CPU config: 8 heads x 64, 2 dual + 4 single blocks.
 BENCH = DiTConfig(
@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--text-valid must be in [1, --text-len]")
 
     from diffusers import HunyuanVideoTransformer3DModel
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # its warning about casting with .to() does not apply here
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     cfg = BENCH if args.preset == "bench" else preset(args.preset)

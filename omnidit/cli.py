@@ -99,9 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"omnidit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_generate(sub)
+    from omnidit.cli_eval import add_eval
     from omnidit.cli_train import add_train
 
     add_train(sub)
+    add_eval(sub)
     return parser
 
 

@@ -227,7 +227,9 @@ class SentenceTextEncoder(TextEncoder):
     ) -> SentenceTextEncoder:
         """Load AutoModel + AutoTokenizer from a local folder (default: the packaged MiniLM)."""
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a 6-layer encoder loads in a blink; no bar on the CLI
         path = Path(path) if path is not None else default_sentence_encoder_path()
         if not (path / "config.json").is_file():
             raise ValueError(f"path {str(path)!r} has no config.json (expected a transformers model folder)")

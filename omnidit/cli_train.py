@@ -13,6 +13,11 @@ def add_train(sub) -> None:
     v.add_argument("--out", default="runs/shapes/vae")
     v.add_argument("--minutes", type=float, default=15.0)
     v.add_argument("--steps", type=int, default=None)
+    v.add_argument("--lr", type=float, default=5e-4)
+    v.add_argument("--clip-every", type=int, default=1, help="train on a video clip every Nth step")
+    v.add_argument("--init-from", default=None, help="start from this saved VAE folder")
+    v.add_argument("--decoder-only", action="store_true",
+                   help="fine-tune the decoder only (keeps the latent space the DiT was trained on)")
     v.add_argument("--seed", type=int, default=0)
     v.set_defaults(func=cmd_train_vae)
 
@@ -48,7 +53,9 @@ def add_train(sub) -> None:
 def cmd_train_vae(args) -> int:
     from omnidit.training.vae_train import VAETrainConfig, train_vae
 
-    train_vae(VAETrainConfig(out=args.out, max_minutes=args.minutes, max_steps=args.steps, seed=args.seed))
+    train_vae(VAETrainConfig(out=args.out, max_minutes=args.minutes, max_steps=args.steps, seed=args.seed,
+                             lr=args.lr, clip_every=args.clip_every, init_from=args.init_from,
+                             decoder_only=args.decoder_only))
     return 0
 
 

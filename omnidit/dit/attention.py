@@ -53,6 +53,10 @@ class JointLayout:
         return [self.n_img + n for n in self._lengths]
 
 
+# The hook's signature: (q, k, v `[B, S, H, D]`, layout) -> `[B, S, H, D]`.
+JointAttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, JointLayout], torch.Tensor]
+
+
 @dataclass(frozen=True)
 class AttentionBackend:
     """One attention kernel: `fn(q, k, v, key_mask=None)` on `[B, S, H, D]` tensors -> `[B, S, H, D]`.

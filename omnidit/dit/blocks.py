@@ -6,16 +6,12 @@ state dicts are interchangeable; the computation is our own (see model.py for th
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from omnidit.dit.attention import JointLayout, masked_self_attention
+from omnidit.dit.attention import JointAttentionFn, JointLayout, masked_self_attention
 from omnidit.dit.embeddings import ConditionEmbedding, apply_rope
-
-JointAttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, JointLayout], torch.Tensor]
 
 EPS = 1e-6
 
@@ -178,7 +174,7 @@ class DualStreamBlock(nn.Module):
         temb: torch.Tensor,  # [B, D]
         rope: torch.Tensor,  # [N, Dh/2] complex
         layout: JointLayout,
-        attend: JointAttnFn,
+        attend: JointAttentionFn,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         a, H = self.attn, self.attn.heads
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(temb)  # [B, 1, D] each
@@ -231,7 +227,7 @@ class SingleStreamBlock(nn.Module):
         temb: torch.Tensor,  # [B, D]
         rope: torch.Tensor,  # [S, Dh/2] complex, identity on text rows
         layout: JointLayout,
-        attend: JointAttnFn,
+        attend: JointAttentionFn,
     ) -> torch.Tensor:
         a, H = self.attn, self.attn.heads
         shift, scale, gate = self.norm(temb)  # [B, 1, D] each

@@ -74,27 +74,31 @@ def load_state_dict(
 
 
 def save_folder(
-    path: str | Path, config: DiTConfig, state: dict[str, torch.Tensor], *, max_shard_size: int | str | None = None
+    path: str | Path, config: DiTConfig, state: dict[str, torch.Tensor], *, max_shard_size: int | str | None = "10GB"
 ) -> None:
+    """config.json + safetensors in diffusers' names; more than `max_shard_size` bytes -> indexed shards."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    state = {k: v.detach().contiguous() for k, v in state.items()}
-    shards = _shard(state, _parse_size(max_shard_size))
+    shards = _shard({k: v.detach() for k, v in state.items()}, _parse_size(max_shard_size))
     meta = {"format": "pt"}
     for stale in list(folder.glob("diffusion_pytorch_model*.safetensors")) + [folder / INDEX_NAME]:
         stale.unlink(missing_ok=True)  # a previous save with other sharding must not be mixed in
     if len(shards) == 1:
-        save_file(shards[0], str(folder / WEIGHTS_NAME), metadata=meta)
+        save_file(_host(shards[0]), str(folder / WEIGHTS_NAME), metadata=meta)
         return
     weight_map, n = {}, len(shards)
     for i, shard in enumerate(shards, start=1):
         name = f"diffusion_pytorch_model-{i:05d}-of-{n:05d}.safetensors"
-        save_file(shard, str(folder / name), metadata=meta)
+        save_file(_host(shard), str(folder / name), metadata=meta)  # one shard on the host at a time
         weight_map.update({k: name for k in shard})
-    total = sum(t.numel() * t.element_size() for t in state.values())
+    total = sum(t.numel() * t.element_size() for shard in shards for t in shard.values())
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _host(shard: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: t.to("cpu").contiguous() for k, t in shard.items()}
 
 
 def _shard(state: dict[str, torch.Tensor], limit: int | None) -> list[dict[str, torch.Tensor]]:

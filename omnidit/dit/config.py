@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from omnidit.dit.attention import check_backend_name
+
 # diffusers' class name for this architecture; written into config.json so diffusers can load our folders.
 DIFFUSERS_CLASS_NAME = "HunyuanVideoTransformer3DModel"
 
@@ -63,8 +65,6 @@ class DiTConfig:
                 f"DiTConfig.rope_axes_dim must sum to attention_head_dim={self.attention_head_dim}, "
                 f"got {self.rope_axes_dim!r} (sum {sum(self.rope_axes_dim)})"
             )
-        from omnidit.dit.attention import check_backend_name
-
         check_backend_name(self.attention_backend, field="DiTConfig.attention_backend")
 
     @property

@@ -16,13 +16,12 @@ depend on padded rows, so we drop the text tail no sample uses and give the atte
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from omnidit.dit.attention import AttentionBackend, JointLayout, get_backend, joint_attention
+from omnidit.dit.attention import AttentionBackend, JointAttentionFn, JointLayout, get_backend, joint_attention
 from omnidit.dit.blocks import (
     DualStreamBlock,
     FinalLayer,
@@ -41,10 +40,10 @@ from omnidit.dit.embeddings import (
     unpatchify,
 )
 
-JointAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, JointLayout], torch.Tensor]
-
 
 class DiT(nn.Module):
+    """The HunyuanVideo transformer; `forward` maps noisy latents + text to the flow prediction."""
+
     def __init__(self, config: DiTConfig, *, attention_backend: str | None = None):
         super().__init__()
         self.config = config
@@ -60,7 +59,7 @@ class DiT(nn.Module):
         self.norm_out = FinalLayer(D)
         self.proj_out = nn.Linear(D, c.patch_volume * c.out_channels)
         self.gradient_checkpointing = False
-        self._joint_attention_fn: JointAttention | None = None
+        self._joint_attention_fn: JointAttentionFn | None = None
         self.attention_backend: AttentionBackend = get_backend(attention_backend, config_value=c.attention_backend)
         self.initialize_weights()
 
@@ -72,7 +71,7 @@ class DiT(nn.Module):
             return self._joint_attention_fn(q, k, v, layout)
         return joint_attention(q, k, v, layout, self.attention_backend)
 
-    def set_joint_attention(self, fn: JointAttention | None) -> None:
+    def set_joint_attention(self, fn: JointAttentionFn | None) -> None:
         """Replace the joint attention (e.g. by a sequence-parallel one); None restores the default."""
         self.__dict__["_joint_attention_fn"] = fn  # never registered as a submodule, even if fn is one
 
@@ -209,10 +208,11 @@ class DiT(nn.Module):
         state = load_state_dict(path, config, dtype=dtype, device=torch.device(device or "cpu"))
         _check_state_dict(model, state, path)
         model.load_state_dict(state, strict=True, assign=True)
-        return model
+        return model.eval()
 
-    def save_pretrained(self, path: str | Path, *, max_shard_size: int | str | None = None) -> None:
-        """Write config.json + safetensors that diffusers' `HunyuanVideoTransformer3DModel` loads."""
+    def save_pretrained(self, path: str | Path, *, max_shard_size: int | str | None = "10GB") -> None:
+        """Write config.json + safetensors (sharded past `max_shard_size`, as diffusers does) that
+        diffusers' `HunyuanVideoTransformer3DModel.from_pretrained` loads."""
         from omnidit.dit.checkpoint import save_folder
 
         save_folder(path, self.config, self.state_dict(), max_shard_size=max_shard_size)

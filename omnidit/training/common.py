@@ -43,7 +43,20 @@ class Budget:
 
     def __init__(self, max_steps: int | None, max_minutes: float | None):
         self.max_steps = max_steps
-        self.deadline = time.monotonic() + 60 * max_minutes if max_minutes else None
+        self.start = time.monotonic()
+        self.deadline = self.start + 60 * max_minutes if max_minutes else None
+        self.start_step: int | None = None
+
+    def fraction(self, step: int) -> float:
+        """How much of the budget is used, in [0, 1] (time or steps, whichever is further)."""
+        if self.start_step is None:
+            self.start_step = step
+        parts = [0.0]
+        if self.max_steps:
+            parts.append(step / self.max_steps)
+        if self.deadline is not None:
+            parts.append((time.monotonic() - self.start) / (self.deadline - self.start))
+        return min(1.0, max(parts))
 
     def done(self, step: int) -> bool:
         if self.max_steps is not None and step >= self.max_steps:

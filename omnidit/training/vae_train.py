@@ -31,6 +31,7 @@ class VAETrainConfig:
     size: int = 64
     images_per_step: int = 12
     clips_per_step: int = 1
+    clip_every: int = 1  # add the clip batch on every Nth step (video steps cost ~2x an image step)
     clip_frames: int = 9
     lr: float = 5e-4
     kl_weight: float = 1e-6
@@ -39,6 +40,9 @@ class VAETrainConfig:
     max_minutes: float | None = 15.0
     checkpoint_every: int = 100
     seed: int = 0
+    # Decoder-only fine-tuning: the encoder (so the latent space the DiT learned) stays fixed.
+    decoder_only: bool = False
+    init_from: str | None = None  # a saved VAE folder to start from
 
 
 def make_vae():
@@ -53,8 +57,9 @@ def to_video_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 def _loss(vae, x: torch.Tensor, cfg: VAETrainConfig) -> tuple[torch.Tensor, dict]:
-    post = vae.encode(x).latent_dist
-    z = post.sample()
+    with torch.set_grad_enabled(not cfg.decoder_only):
+        post = vae.encode(x).latent_dist
+        z = post.sample()
     rec = vae.decode(z).sample  # [B, 3, F, H, W]
     # Object pixels differ from the frame's corner colour (the background); weight them up.
     bg = x[:, :, :, :1, :1]
@@ -70,8 +75,18 @@ def train_vae(cfg: VAETrainConfig) -> Path:
 
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
-    vae = make_vae().train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    if cfg.init_from:
+        from diffusers import AutoencoderKLHunyuanVideo
+
+        vae = AutoencoderKLHunyuanVideo.from_pretrained(cfg.init_from).float().train()
+    else:
+        vae = make_vae().train()
+    params = list(vae.parameters())
+    if cfg.decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+        params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     step = 0
     rng = np.random.default_rng(cfg.seed)
     ck = load_checkpoint(out / "checkpoint.pt")
@@ -86,11 +101,13 @@ def train_vae(cfg: VAETrainConfig) -> Path:
     t0 = time.time()
     while not budget.done(step):
         lr = cfg.lr * min(1.0, (step + 1) / 100)
+        if cfg.decoder_only:  # fine-tuning: cosine from lr towards lr / 10 over the budget
+            lr = cfg.lr * (0.55 + 0.45 * math.cos(math.pi * budget.fraction(step)))
         for g in opt.param_groups:
             g["lr"] = lr
         _, img, _ = random_batch(rng, cfg.images_per_step, frames=1, size=cfg.size)
         loss, logs = _loss(vae, to_video_tensor(img), cfg)
-        if cfg.clips_per_step:
+        if cfg.clips_per_step and step % cfg.clip_every == 0:
             _, vid, _ = random_batch(rng, cfg.clips_per_step, frames=cfg.clip_frames, size=cfg.size)
             vloss, vlogs = _loss(vae, to_video_tensor(vid), cfg)
             loss = loss + vloss
@@ -108,6 +125,9 @@ def train_vae(cfg: VAETrainConfig) -> Path:
             log_metrics(out / "metrics.jsonl", {"step": step, "loss": float(loss), **logs,
                                                  "seconds": round(time.time() - t0, 1)})
     bar.close()
+    if cfg.decoder_only:  # keep the scaling factor: the latent space is unchanged
+        vae.eval().save_pretrained(out / "vae")
+        return out / "vae"
     return export_vae(vae, out / "vae", size=cfg.size, seed=cfg.seed)
 
 

@@ -43,6 +43,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output path: .png for one frame, .mp4 or .gif for video")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    from omnidit.cli_parallel import add_parallel_args
+
+    add_parallel_args(p)
     p.set_defaults(func=cmd_generate)
 
 
@@ -59,20 +62,32 @@ def cmd_generate(args) -> int:
 
     from tqdm import tqdm
 
+    from omnidit.cli_parallel import start_parallel
     from omnidit.pipeline import Pipeline
 
     try:
-        pipe = Pipeline.from_pretrained(args.model, device=device)
-        req = pipe.check(frames=args.frames, height=args.height, width=args.width, steps=args.steps,
-                         guidance=args.guidance, negative_prompt=args.negative_prompt)
+        parallel = start_parallel(args, device)  # None unless under torchrun with parallel flags
     except ValueError as e:
         raise UserError(str(e)) from None
-    with tqdm(total=req.steps, desc="denoising", unit="step", file=sys.stderr) as bar:
-        gen = pipe.generate(args.prompt, frames=args.frames, height=args.height, width=args.width,
-                            steps=args.steps, guidance=args.guidance, negative_prompt=args.negative_prompt,
-                            seed=args.seed, callback=lambda i, n, x: bar.update(1))
-    gen.save(out)
-    print(out)
+    try:
+        try:
+            pipe = Pipeline.from_pretrained(args.model, device=parallel.device if parallel else device,
+                                            parallel=parallel)
+            req = pipe.check(frames=args.frames, height=args.height, width=args.width, steps=args.steps,
+                             guidance=args.guidance, negative_prompt=args.negative_prompt)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        writer = parallel is None or parallel.is_output_rank
+        with tqdm(total=req.steps, desc="denoising", unit="step", file=sys.stderr, disable=not writer) as bar:
+            gen = pipe.generate(args.prompt, frames=args.frames, height=args.height, width=args.width,
+                                steps=args.steps, guidance=args.guidance, negative_prompt=args.negative_prompt,
+                                seed=args.seed, callback=lambda i, n, x: bar.update(1))
+        if writer:
+            gen.save(out)
+            print(out)
+    finally:
+        if parallel is not None:
+            parallel.close()
     return 0
 
 
@@ -99,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"omnidit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_generate(sub)
+    from omnidit.cli_demo import add_demo
     from omnidit.cli_eval import add_eval
     from omnidit.cli_train import add_train
 
+    add_demo(sub)
     add_train(sub)
     add_eval(sub)
     return parser

@@ -14,6 +14,7 @@ def add_train(sub) -> None:
     v.add_argument("--minutes", type=float, default=15.0)
     v.add_argument("--steps", type=int, default=None)
     v.add_argument("--lr", type=float, default=5e-4)
+    v.add_argument("--object-weight", type=float, default=10.0, help="loss weight of object pixels vs background")
     v.add_argument("--clip-every", type=int, default=1, help="train on a video clip every Nth step")
     v.add_argument("--init-from", default=None, help="start from this saved VAE folder")
     v.add_argument("--decoder-only", action="store_true",
@@ -55,7 +56,7 @@ def cmd_train_vae(args) -> int:
 
     train_vae(VAETrainConfig(out=args.out, max_minutes=args.minutes, max_steps=args.steps, seed=args.seed,
                              lr=args.lr, clip_every=args.clip_every, init_from=args.init_from,
-                             decoder_only=args.decoder_only))
+                             decoder_only=args.decoder_only, object_weight=args.object_weight))
     return 0
 
 
@@ -68,7 +69,8 @@ def cmd_train_cache(args) -> int:
         raise UserError(f"--vae {args.vae!r} is not a trained VAE folder (run `omnidit train vae` first)")
     te = load_text_encoder({"kind": "sentence"})
     out = Path(args.out)
-    build_cache(Path(args.vae), out / "images", n=args.images, frames=1, seed=args.seed, text_encoder=te)
+    if args.images:
+        build_cache(Path(args.vae), out / "images", n=args.images, frames=1, seed=args.seed, text_encoder=te)
     if args.videos:
         build_cache(Path(args.vae), out / "videos", n=args.videos, frames=args.video_frames, seed=args.seed,
                     text_encoder=te)
@@ -82,10 +84,8 @@ def cmd_train_dit(args) -> int:
     cache = Path(args.cache)
     if not (cache / "images").is_dir():
         raise UserError(f"--cache {args.cache!r} has no images/ (run `omnidit train cache` first)")
-    videos = cache / "videos"
     train_dit(DiTTrainConfig(
-        out=args.out, vae=args.vae, image_cache=str(cache / "images"),
-        video_cache=str(videos) if videos.is_dir() else None, max_minutes=args.minutes, max_steps=args.steps,
+        out=args.out, vae=args.vae, image_cache=str(cache / "images"), video_cache=str(cache / "videos"), max_minutes=args.minutes, max_steps=args.steps,
         lr=args.lr, image_batch=args.image_batch, video_batch=args.video_batch, eval_every=args.eval_every,
         seed=args.seed,
     ))

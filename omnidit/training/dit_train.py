@@ -38,6 +38,7 @@ class DiTTrainConfig:
     checkpoint_every: int = 250
     eval_every: int = 1000
     eval_n: int = 32
+    refresh_every: int = 200  # pick up cache chunks written by a build running beside training
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # DiTConfig fields to change from the preset
 
@@ -94,7 +95,9 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
     model, opt = acc.prepare(model, opt)
 
     images = LatentCache(Path(cfg.image_cache))
-    videos = LatentCache(Path(cfg.video_cache)) if cfg.video_cache else None
+    if not len(images):
+        raise ValueError(f"no cached images in {cfg.image_cache}; run `omnidit train cache` first")
+    videos = LatentCache(Path(cfg.video_cache)) if cfg.video_cache and Path(cfg.video_cache).is_dir() else None
     text_encoder = load_text_encoder({"kind": "sentence"})
     e = text_encoder.encode([""])
     null = (e.hidden_states[0], e.attention_mask[0], e.pooled[0])
@@ -107,7 +110,13 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
     while not budget.done(step):
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-        is_video = videos is not None and cfg.video_every > 0 and step % (cfg.video_every + 1) == cfg.video_every
+        if step % cfg.refresh_every == 0:
+            added = images.refresh() + (videos.refresh() if videos is not None else 0)
+            if added:
+                acc.print(f"step {step}: {added} new cached samples ({len(images)} images, "
+                          f"{len(videos) if videos else 0} videos)")
+        is_video = (videos is not None and len(videos) > 0 and cfg.video_every > 0
+                    and step % (cfg.video_every + 1) == cfg.video_every)
         data = videos.batch(gen, cfg.video_batch) if is_video else images.batch(gen, cfg.image_batch)
         x0, text, mask, pooled = (t.to(acc.device) for t in data)
         with acc.autocast():

@@ -43,17 +43,35 @@ def build_cache(vae_dir: Path, out_dir: Path, *, n: int, frames: int, size: int 
 
 
 class LatentCache:
-    """All chunks of one cache folder in memory; `batch(rng, b)` draws a random batch."""
+    """All chunks of one cache folder in memory; `batch(rng, b)` draws a random batch.
+
+    `refresh()` picks up chunks written since, so training can start while a slow part of the
+    cache (videos) is still being built beside it.
+    """
 
     def __init__(self, folder: Path):
-        chunks = [torch.load(p, weights_only=False) for p in sorted(Path(folder).glob("chunk_*.pt"))]
+        self.folder = Path(folder)
+        self.loaded: set[str] = set()
+        self.latents = self.text = self.mask = self.pooled = None
+        self.prompts: list[str] = []
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Load new chunks; return how many samples were added."""
+        new = [p for p in sorted(self.folder.glob("chunk_*.pt")) if p.name not in self.loaded]
+        chunks = [torch.load(p, weights_only=False) for p in new]
         if not chunks:
-            raise ValueError(f"no cache chunks in {folder}; build the cache first")
-        self.latents = torch.cat([c["latents"] for c in chunks])
-        self.text = torch.cat([c["text"] for c in chunks])
-        self.mask = torch.cat([c["mask"] for c in chunks])
-        self.pooled = torch.cat([c["pooled"] for c in chunks])
-        self.prompts = [p for c in chunks for p in c["prompts"]]
+            return 0
+        self.loaded.update(p.name for p in new)
+
+        def cat(old, key):
+            parts = ([old] if old is not None else []) + [c[key] for c in chunks]
+            return torch.cat(parts)
+
+        self.latents, self.text = cat(self.latents, "latents"), cat(self.text, "text")
+        self.mask, self.pooled = cat(self.mask, "mask"), cat(self.pooled, "pooled")
+        self.prompts += [p for c in chunks for p in c["prompts"]]
+        return sum(len(c["prompts"]) for c in chunks)
 
     def __len__(self) -> int:
         return len(self.prompts)

@@ -35,7 +35,7 @@ class VAETrainConfig:
     clip_frames: int = 9
     lr: float = 5e-4
     kl_weight: float = 1e-6
-    object_weight: float = 4.0
+    object_weight: float = 10.0
     max_steps: int | None = None
     max_minutes: float | None = 15.0
     checkpoint_every: int = 100
@@ -100,9 +100,8 @@ def train_vae(cfg: VAETrainConfig) -> Path:
     bar = tqdm(desc="vae", unit="step", initial=step)
     t0 = time.time()
     while not budget.done(step):
-        lr = cfg.lr * min(1.0, (step + 1) / 100)
-        if cfg.decoder_only:  # fine-tuning: cosine from lr towards lr / 10 over the budget
-            lr = cfg.lr * (0.55 + 0.45 * math.cos(math.pi * budget.fraction(step)))
+        # Warm up, then cosine from lr to lr / 10 over this run's budget (a resumed run decays anew).
+        lr = cfg.lr * min(1.0, (step + 1) / 100) * (0.55 + 0.45 * math.cos(math.pi * budget.fraction(step)))
         for g in opt.param_groups:
             g["lr"] = lr
         _, img, _ = random_batch(rng, cfg.images_per_step, frames=1, size=cfg.size)

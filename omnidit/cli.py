@@ -116,8 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     from omnidit.cli_demo import add_demo
     from omnidit.cli_eval import add_eval
+    from omnidit.cli_serve import add_serve
     from omnidit.cli_train import add_train
 
+    add_serve(sub)
     add_demo(sub)
     add_train(sub)
     add_eval(sub)

@@ -169,7 +169,7 @@ def test_config_dict_round_trip_and_validation():
     assert d["rope_axes_dim"] == [16, 56, 56] and d["_class_name"] == "HunyuanVideoTransformer3DModel"
     assert DiTConfig.from_dict(d) == cfg
     assert sum(p.numel() for p in _meta_model(cfg).parameters()) == 12_821_012_544  # HunyuanVideo's 12.8B
-    assert 15e6 <= sum(p.numel() for p in _meta_model(preset("shapes")).parameters()) <= 25e6  # embedded CPU model
+    assert 8e6 <= sum(p.numel() for p in _meta_model(preset("shapes")).parameters()) <= 25e6  # embedded CPU model
     with pytest.raises(ValueError, match="unknown DiTConfig field"):
         DiTConfig.from_dict(dict(d, not_a_field=1))
     with pytest.raises(ValueError, match="rope_axes_dim"):

@@ -1,0 +1,132 @@
+"""What one generator replica does, without Ray: hold a Pipeline, run image batches, run video jobs.
+
+`generator.py` wraps this in a Ray Serve deployment (adding `@serve.batch`); tests and
+the in-process client use it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+from omnidit.serving.files import OutputDir
+from omnidit.serving.jobs import Job, open_store
+from omnidit.serving.runner import DeviceGate, JobRunner
+from omnidit.serving.schemas import MAX_SEED, ModelInfo
+from omnidit.serving.settings import ServeSettings
+
+log = logging.getLogger("omnidit.serving")
+
+# First word of a Pipeline ValueError -> the request field to name.
+_PARAM_OF = {"height": "size", "width": "size", "frames": "frames", "steps": "steps", "guidance": "guidance",
+             "prompt": "prompt", "seeds": "seed"}
+
+
+def _group_key(p: dict) -> tuple:
+    """Requests with equal keys can share one `generate_many` call (same shapes, same schedule)."""
+    return (p["width"], p["height"], p["steps"], float(p["guidance"]), p.get("negative_prompt"))
+
+
+def _seeds(p: dict) -> list[int]:
+    if p.get("seed") is None:
+        return [random.randrange(MAX_SEED) for _ in range(p["n"])]
+    return [(p["seed"] + k) % (MAX_SEED + 1) for k in range(p["n"])]
+
+
+def _denoise_seconds(t0: float, marks: list[float]) -> float:
+    """Denoising time from per-step timestamps, without text encoding (which precedes step 1)."""
+    if len(marks) >= 2:
+        return (marks[-1] - marks[0]) * len(marks) / (len(marks) - 1)
+    return (marks[-1] - t0) if marks else 0.0
+
+
+def run_image_batch(pipe, payloads: list[dict], *, max_images: int = 16) -> list[dict]:
+    """Run image requests (resolved payloads), batching compatible ones; one result dict per payload.
+
+    A result is `{"images": [png bytes], "seeds", "steps", "denoise_s", "batch"}` or
+    `{"error": {"status", "message", "param"}}`; a bad group never fails the others.
+    """
+    results: list[dict | None] = [None] * len(payloads)
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(payloads):
+        groups.setdefault(_group_key(p), []).append(i)
+    for (width, height, steps, guidance, negative), idxs in groups.items():
+        items = [(i, payloads[i]["prompt"], s) for i in idxs for s in _seeds(payloads[i])]
+        for i in idxs:
+            results[i] = {"images": [], "seeds": [], "steps": steps, "denoise_s": 0.0, "batch": 0}
+        try:
+            for start in range(0, len(items), max_images):
+                chunk = items[start:start + max_images]
+                t0, marks = time.perf_counter(), []
+                gens = pipe.generate_many(
+                    [c[1] for c in chunk], seeds=[c[2] for c in chunk], frames=1, height=height, width=width,
+                    steps=steps, guidance=guidance, negative_prompt=negative,
+                    callback=lambda step, total, x: marks.append(time.perf_counter()))
+                denoise = _denoise_seconds(t0, marks)
+                for i in {c[0] for c in chunk}:
+                    results[i]["denoise_s"] += denoise
+                    results[i]["batch"] = max(results[i]["batch"], len(chunk))
+                for (i, _, seed), g in zip(chunk, gens):
+                    results[i]["images"].append(g.to_bytes("png"))
+                    results[i]["seeds"].append(seed)
+        except ValueError as e:
+            word = str(e).split(" ", 1)[0]
+            err = {"status": 422, "message": str(e), "param": _PARAM_OF.get(word)}
+            for i in idxs:
+                results[i] = {"error": err}
+        except Exception as e:
+            log.exception("image batch failed")
+            for i in idxs:
+                results[i] = {"error": {"status": 500, "message": f"generation failed: {type(e).__name__}",
+                                        "param": None}}
+    return results  # type: ignore[return-value]
+
+
+class GeneratorEngine:
+    """A Pipeline on one device, shared by image batches and (if `run_jobs`) the video-job worker."""
+
+    def __init__(self, settings: ServeSettings, *, run_jobs: bool | None = None):
+        from omnidit.pipeline import Pipeline
+
+        self.settings = settings
+        t0 = time.perf_counter()
+        self.pipe = Pipeline.from_pretrained(settings.model, device=settings.device)
+        self.info = ModelInfo.from_pipeline(self.pipe)
+        log.info("loaded model %s on %s in %.1fs", self.info.id, self.pipe.device, time.perf_counter() - t0)
+        self.gate = DeviceGate()
+        self.runner: JobRunner | None = None
+        if settings.run_jobs if run_jobs is None else run_jobs:
+            store = open_store(settings.store_url, retention_s=settings.retention_s,
+                               max_attempts=settings.max_attempts)
+            self.runner = JobRunner(store, OutputDir(settings.data_path), self.run_video, lease_s=settings.lease_s,
+                                    poll_s=settings.poll_s, log_prompts=settings.log_prompts,
+                                    between_steps=self.gate.yield_to_images)
+            self.runner.start()
+
+    def run_images(self, payloads: list[dict]) -> list[dict]:
+        with self.gate.image():
+            return run_image_batch(self.pipe, payloads, max_images=self.settings.max_batch_images)
+
+    def run_video(self, job: Job, callback):
+        p = job.params
+        with self.gate.video():
+            gen = self.pipe.generate_many(
+                [job.prompt], seeds=[p["seed"]], frames=p["frames"], height=p["height"], width=p["width"],
+                steps=p["steps"], guidance=p["guidance"], negative_prompt=p.get("negative_prompt"),
+                callback=callback)[0]
+        gen.fps = p["fps"]
+        return gen
+
+    def health(self) -> dict:
+        """Raises when the replica cannot do its job (Serve then replaces it)."""
+        if self.runner is not None and not self.runner.alive:
+            raise RuntimeError("the video job worker thread has stopped")
+        return {"model": self.info.id, "device": str(self.pipe.device),
+                "job": self.runner.current if self.runner else None,
+                "worker": self.runner.owner if self.runner else None}
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner.store.close()

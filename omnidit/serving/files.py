@@ -1,0 +1,92 @@
+"""Where outputs live under the data dir, named only by ids this service made.
+
+No path from a request ever reaches the filesystem: an id must match its pattern
+(`video_<32 hex>`, `img_<32 hex>`) before a path is built from it, and the path is the
+data dir + a fixed subfolder + the id + a fixed suffix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+VIDEO_ID = re.compile(r"^video_[0-9a-f]{32}$")
+IMAGE_ID = re.compile(r"^img_[0-9a-f]{32}$")
+
+
+def new_video_id() -> str:
+    return "video_" + secrets.token_hex(16)
+
+
+def new_image_id() -> str:
+    return "img_" + secrets.token_hex(16)
+
+
+def is_video_id(s: str) -> bool:
+    return bool(VIDEO_ID.match(s))
+
+
+def is_image_id(s: str) -> bool:
+    return bool(IMAGE_ID.match(s))
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write to a temp file in the same folder, fsync, then rename: readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class OutputDir:
+    """`<data>/videos/<job id>.mp4` and `<data>/images/<image id>.png`."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+        self.videos = self.root / "videos"
+        self.images = self.root / "images"
+        self.videos.mkdir(parents=True, exist_ok=True)
+        self.images.mkdir(parents=True, exist_ok=True)
+
+    def video_path(self, job_id: str) -> Path:
+        if not is_video_id(job_id):
+            raise ValueError(f"not a video job id: {job_id!r}")
+        return self.videos / f"{job_id}.mp4"
+
+    def image_path(self, image_id: str) -> Path:
+        if not is_image_id(image_id):
+            raise ValueError(f"not an image id: {image_id!r}")
+        return self.images / f"{image_id}.png"
+
+    def save_image(self, png: bytes) -> str:
+        image_id = new_image_id()
+        write_atomic(self.image_path(image_id), png)
+        return image_id
+
+    def remove_video(self, job_id: str) -> None:
+        self.video_path(job_id).unlink(missing_ok=True)
+
+    def sweep_images(self, older_than_s: float, now: float | None = None) -> int:
+        """Delete images (and stale temp files) older than the retention period."""
+        cutoff = (time.time() if now is None else now) - older_than_s
+        n = 0
+        for p in list(self.images.iterdir()) + [p for p in self.videos.iterdir() if p.name.startswith(".")]:
+            try:
+                if p.stat().st_mtime < cutoff:
+                    p.unlink(missing_ok=True)
+                    n += 1
+            except FileNotFoundError:
+                pass
+        return n

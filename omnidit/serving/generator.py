@@ -1,0 +1,91 @@
+"""The generator deployment: one Pipeline per replica, image requests batched with `@serve.batch`.
+
+Each replica also runs the video-job worker (engine.GeneratorEngine), so a replica that
+dies mid-job leaves a lease that expires and another replica (or its replacement)
+finishes the job. The denoising loop always runs in a worker thread, never on the
+replica's event loop, so health checks and batching keep working while it runs.
+
+Multi-GPU replicas (`gpus_per_replica > 1`): `generator_options` reserves a STRICT_PACK
+placement group of one GPU bundle per rank, where the replica (bundle 0) would start a
+sequence-parallel worker group (Ulysses/Ring over omnidit/parallel) for the other ranks.
+That worker group does not exist yet, so `check_supported` refuses > 1 with a clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ray import serve
+
+from omnidit.serving.engine import GeneratorEngine
+from omnidit.serving.settings import ServeSettings, configure_logging
+
+log = logging.getLogger("omnidit.serving")
+
+
+class Generator:
+    def __init__(self, settings: dict):
+        configure_logging()
+        self.settings = ServeSettings.from_dict(settings)
+        self.engine = GeneratorEngine(self.settings)
+        # Batch parameters come from settings; 1 turns batching off (each request runs alone).
+        self.batched_images.set_max_batch_size(self.settings.max_batch_size)
+        self.batched_images.set_batch_wait_timeout_s(self.settings.batch_wait_s)
+
+    async def images(self, payload: dict) -> dict:
+        """One resolved image request -> `{"images": [png], "seeds", ...}` or `{"error": ...}`."""
+        return await self.batched_images(payload)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def batched_images(self, payloads: list[dict]) -> list[dict]:
+        # Off the event loop: the loop keeps filling the next batch and answering health checks.
+        return await asyncio.to_thread(self.engine.run_images, payloads)
+
+    def info(self) -> dict:
+        return self.engine.info.to_dict()
+
+    def health(self) -> dict:
+        return self.engine.health()
+
+    def check_health(self) -> None:  # Serve's periodic probe: raising marks the replica unhealthy
+        self.engine.health()
+
+    def __del__(self):  # graceful shutdown: the running job goes back to the queue
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+
+
+def check_supported(s: ServeSettings) -> None:
+    if s.gpus_per_replica > 1:
+        raise ValueError(
+            f"gpus_per_replica={s.gpus_per_replica}: a multi-GPU replica needs the sequence-parallel worker group "
+            "(omnidit/parallel), which is not built yet; use gpus_per_replica 0 or 1 and more replicas")
+
+
+def generator_options(s: ServeSettings) -> dict:
+    """Serve deployment options for the generator (replicas, resources, queue bound, health checks)."""
+    opts = {
+        "name": "Generator",
+        "num_replicas": s.replicas,
+        # Batching needs several requests inside a replica at once; health/info calls need room too.
+        "max_ongoing_requests": 2 * s.max_batch_size + 4,
+        # Serve's own bound per caller: past it the handle raises BackPressureError -> 429.
+        "max_queued_requests": s.max_pending_images,
+        "health_check_period_s": s.health_check_period_s,
+        "health_check_timeout_s": max(30.0, 3 * s.health_check_period_s),
+        "graceful_shutdown_timeout_s": max(10.0, s.lease_s),
+        "graceful_shutdown_wait_loop_s": 1.0,
+    }
+    if s.gpus_per_replica <= 1:
+        opts["ray_actor_options"] = {"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica}
+    else:  # the design for sequence-parallel replicas (see check_supported)
+        opts["placement_group_bundles"] = [{"CPU": s.cpus_per_replica, "GPU": 1}] * s.gpus_per_replica
+        opts["placement_group_strategy"] = "STRICT_PACK"
+    return opts
+
+
+def generator_deployment(s: ServeSettings):
+    check_supported(s)
+    return serve.deployment(Generator).options(**generator_options(s))

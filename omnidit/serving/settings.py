@@ -1,0 +1,119 @@
+"""`ServeSettings`: every knob of the service, in one typed place.
+
+The CLI (`omnidit serve`) and the Serve config YAML (`args:` of the application) both
+build one of these; the deployments receive it as a plain dict so Ray can ship it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str | float | int, field: str = "retention") -> float:
+    """`90`, `90s`, `15m`, `24h`, `7d` -> seconds (> 0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{field} must be a duration like 3600, 90s, 15m, 24h or 7d, got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"{field} must be a duration like 3600, 90s, 15m, 24h or 7d, got {value!r}")
+        seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"{field} must be > 0, got {value!r}")
+    return seconds
+
+
+@dataclass
+class ServeSettings:
+    model: str | None = None  # shipped name or diffusers-format folder; None = the embedded default
+    data_dir: str = "omnidit-data"  # job database (SQLite) and outputs; shared storage across nodes
+    job_store: str | None = None  # None = sqlite under data_dir; or postgresql://... for several nodes
+    api_key: str | None = None  # bearer token required on /v1/* when set
+    device: str | None = None  # cpu | cuda | cuda:N; None = cuda if available
+    replicas: int = 1  # generator replicas (each holds a Pipeline)
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: int = 0  # 0 = CPU; 1 = one GPU; >1 reserved for the sequence-parallel group (not built yet)
+    ingress_replicas: int = 1
+    max_batch_size: int = 8  # image requests per @serve.batch call; 1 turns batching off
+    batch_wait_s: float = 0.02  # how long a batch waits to fill
+    max_batch_images: int = 16  # images per Pipeline.generate_many call (n of several requests summed)
+    max_pending_images: int = 32  # image requests admitted and not finished; past it -> 429
+    max_queued_jobs: int = 256  # queued video jobs; past it -> 429
+    max_images: int = 8  # `n` per image request
+    max_steps: int = 100  # `steps` per request
+    max_prompt_chars: int = 2000
+    retention_s: float = 86400.0  # outputs and job records are deleted this long after they finish
+    log_prompts: bool = False  # logs never carry prompt text unless this is on
+    run_jobs: bool = True  # generator replicas run the video job worker
+    lease_s: float = 60.0  # a job whose lease is not renewed for this long is taken over
+    poll_s: float = 0.5  # how often an idle worker looks for queued jobs
+    max_attempts: int = 3  # a job whose replica died this many times fails with a clear error
+    sweep_s: float = 60.0  # how often expired jobs/outputs are deleted
+    health_check_period_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.api_key == "":
+            self.api_key = None
+        self.retention_s = parse_duration(self.retention_s, "retention")
+        for name, low in (("replicas", 1), ("ingress_replicas", 1), ("max_batch_size", 1), ("max_batch_images", 1),
+                          ("max_pending_images", 1), ("max_queued_jobs", 1), ("max_images", 1), ("max_steps", 1),
+                          ("max_prompt_chars", 1), ("max_attempts", 1), ("gpus_per_replica", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        for name in ("cpus_per_replica", "batch_wait_s", "lease_s", "poll_s", "sweep_s", "health_check_period_s"):
+            v = getattr(self, name)
+            zero_ok = name in ("cpus_per_replica", "batch_wait_s")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (v == 0 and not zero_ok):
+                raise ValueError(f"{name} must be a number {'>=' if zero_ok else '>'} 0, got {v!r}")
+        if self.max_batch_images < self.max_images:
+            raise ValueError(f"max_batch_images ({self.max_batch_images}) must be >= max_images ({self.max_images})")
+        if self.job_store is not None and not self.job_store.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"job_store must be sqlite:///PATH or postgresql://..., got {self.job_store!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "ServeSettings":
+        """From the YAML `args:` (or the deployments' init args); unknown keys are an error."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        if "retention" in d:  # the YAML/CLI spelling
+            d["retention_s"] = d.pop("retention")
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown serve settings {sorted(unknown)}; allowed: {sorted(known)}")
+        if d.get("api_key") is None:
+            d["api_key"] = os.environ.get("OMNIDIT_API_KEY") or None
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def store_url(self) -> str:
+        return self.job_store or f"sqlite:///{self.data_path / 'jobs.db'}"
+
+
+def configure_logging(level: int = 20) -> None:
+    """`omnidit.*` INFO lines to stderr in a replica (Ray streams them to the driver's console)."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("omnidit")
+    if not any(getattr(h, "_omnidit", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._omnidit = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(level)

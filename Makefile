@@ -1,5 +1,5 @@
 # Two entry points, each installing what it needs into .venv first:
-#   make run    the main job on the embedded model
+#   make run    the service + Gradio demo on the embedded model (prints both URLs)
 #   make test   the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 run: install
-	$(VENV)/bin/omnidit generate "a red circle at the top left on a black background" --out out/red-circle.png
+	$(VENV)/bin/omnidit up
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -78,6 +78,8 @@ def cmd_generate(args) -> int:
         except ValueError as e:
             raise UserError(str(e)) from None
         writer = parallel is None or parallel.is_output_rank
+        if parallel is not None and writer:
+            print(f"parallel: {parallel.describe()}", file=sys.stderr)
         with tqdm(total=req.steps, desc="denoising", unit="step", file=sys.stderr, disable=not writer) as bar:
             gen = pipe.generate(args.prompt, frames=args.frames, height=args.height, width=args.width,
                                 steps=args.steps, guidance=args.guidance, negative_prompt=args.negative_prompt,
@@ -114,13 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"omnidit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_generate(sub)
+    from omnidit.cli_batch import add_batch
     from omnidit.cli_demo import add_demo
     from omnidit.cli_eval import add_eval
     from omnidit.cli_serve import add_serve
     from omnidit.cli_train import add_train
+    from omnidit.cli_up import add_up
 
+    add_up(sub)
     add_serve(sub)
     add_demo(sub)
+    add_batch(sub)
     add_train(sub)
     add_eval(sub)
     return parser

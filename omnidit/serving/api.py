@@ -57,7 +57,16 @@ def create_app(service: Service) -> FastAPI:
             response = error_response(413, f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}",
                                       code="body_too_large")
         else:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except RuntimeError:
+                # Starlette raises "No response returned." when the client hung up mid-request:
+                # nothing to answer, and not a server error worth a traceback in the log.
+                if not await request.is_disconnected():
+                    raise
+                from starlette.responses import Response
+
+                response = Response(status_code=499)
         route = request.scope.get("route")
         service.metrics.inc("omnidit_http_requests_total", method=request.method,
                             route=getattr(route, "path", "unmatched"), status=str(response.status_code))

@@ -1,0 +1,107 @@
+"""`omnidit batch PROMPTS.jsonl --out DIR`: a resumable batch generation job on Ray Data.
+
+Exit 0 when every line has its output, 1 when some lines failed or were invalid (see the
+manifest; rerunning retries the failures), 2 for bad arguments. Also runnable on its own as
+`python -m omnidit.cli_batch PROMPTS.jsonl --out DIR`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from omnidit.cli import UserError, _Parser, _positive_int
+
+
+def add_batch(sub) -> None:
+    p = sub.add_parser("batch", help="generate every line of a JSONL prompts file into a folder (Ray Data job)")
+    p.add_argument("prompts", help='JSONL, one {"id"?, "prompt", "frames"?, "size"?: "WxH", "seed"?, "steps"?, '
+                                   '"guidance"?, "negative_prompt"?} per line')
+    p.add_argument("--out", required=True, help="output folder: <id>.png / <id>.mp4 and manifest.jsonl")
+    p.add_argument("--model", default=None, help="shipped model name or diffusers-format folder")
+    p.add_argument("--concurrency", type=_positive_int("--concurrency"), default=1,
+                   help="generator actors, each with its own copy of the model (one GPU each with --device cuda)")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=4,
+                   help="prompts of the same size/frames/steps generated together (default 4)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray for this job)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when this machine has one)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_batch)
+
+
+def cmd_batch(args) -> int:
+    from omnidit.batch import BatchConfig, run_batch
+    from omnidit.batch.manifest import MANIFEST_NAME, JobLocked
+    from omnidit.batch.runner import model_identity
+
+    prompts = Path(args.prompts)
+    if not prompts.is_file():
+        raise UserError(f"prompts file {args.prompts!r} does not exist or is not a file")
+    if not os.access(prompts, os.R_OK):
+        raise UserError(f"prompts file {args.prompts!r} is not readable")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {args.out!r} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {args.out!r} cannot be created: {e.strerror}") from None
+    manifest = out / MANIFEST_NAME
+    if not os.access(out, os.R_OK | os.W_OK | os.X_OK) or (
+            manifest.exists() and not os.access(manifest, os.R_OK | os.W_OK)):
+        raise UserError(f"--out {args.out!r} is not readable and writable")
+    device = _device(args.device, args.address, args.concurrency)
+    try:
+        model = model_identity(args.model)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
+        import ray.data  # noqa: F401  (Ray Data needs pyarrow besides ray itself)
+    except ImportError as e:
+        raise UserError(f"batch jobs need Ray Data: pip install 'ray[data]' ({e})") from None
+    cfg = BatchConfig(prompts=prompts, out=out, model=model, concurrency=args.concurrency,
+                      batch_size=args.batch_size, address=args.address, device=device,
+                      progress=not args.no_progress)
+    try:
+        summary = run_batch(cfg)
+    except JobLocked as e:
+        raise UserError(str(e)) from None
+    print(f"batch: {summary.line()}", file=sys.stderr)
+    print(summary.manifest)
+    return 0 if summary.complete else 1
+
+
+def _device(name: str | None, address: str | None, concurrency: int) -> str:
+    import torch
+
+    if name is None:
+        return "cuda" if address is None and torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda (Ray gives each actor its own GPU), got {name!r}")
+    if name == "cuda" and address is None:
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise UserError("--device cuda asked for, but this machine has no CUDA GPU (or pass --address)")
+        if concurrency > n:
+            raise UserError(f"--concurrency {concurrency} needs one GPU per actor; this machine has {n}")
+    return name
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`omnidit batch ...` on its own: argv is what follows `batch`."""
+    parser = _Parser(prog="omnidit")
+    add_batch(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
+    args = parser.parse_args(["batch", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"omnidit batch: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

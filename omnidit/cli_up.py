@@ -1,0 +1,91 @@
+"""`omnidit up`: the service and its demo together (the README's main command).
+
+Two child processes, `omnidit serve` and `omnidit demo --api <service URL>`, as a user would
+start them by hand; this only waits for the service to be healthy, prints both URLs, and stops
+both on Ctrl-C (or when either exits).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def add_up(sub) -> None:
+    p = sub.add_parser("up", help="start the service and the Gradio demo together; print both URLs")
+    p.add_argument("--model", default=None, help="shipped model name or folder (default: the embedded model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="service port")
+    p.add_argument("--demo-port", type=int, default=7860)
+    p.add_argument("--data-dir", default="omnidit-data")
+    p.add_argument("--api-key", default=None, help="require this bearer token (default: $OMNIDIT_API_KEY)")
+    p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the service")
+    p.set_defaults(func=cmd_up)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if httpx.get(f"{url}/health", timeout=15.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    return False
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def cmd_up(args) -> int:
+    from omnidit.cli import UserError
+
+    for name, port in (("--port", args.port), ("--demo-port", args.demo_port)):
+        if not 1 <= port <= 65535:
+            raise UserError(f"{name} must be in [1, 65535], got {port}")
+    if args.port == args.demo_port:
+        raise UserError("--port and --demo-port must differ")
+    env = dict(os.environ)
+    if args.api_key:
+        env["OMNIDIT_API_KEY"] = args.api_key
+    me = [sys.executable, "-m", "omnidit"]
+    serve = me + ["serve", "--host", args.host, "--port", str(args.port), "--data-dir", args.data_dir]
+    if args.model:
+        serve += ["--model", args.model]
+    api = f"http://{args.host}:{args.port}"
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(subprocess.Popen(serve, env=env))
+        print(f"starting the service at {api} ...", flush=True)
+        if not _wait_healthy(api, procs[0], args.startup_timeout):
+            code = procs[0].poll()
+            _stop(procs)
+            raise UserError(f"the service did not become healthy at {api}"
+                            + (f" (it exited with code {code})" if code is not None else ""))
+        demo = me + ["demo", "--api", api, "--host", args.host, "--port", str(args.demo_port)]
+        procs.append(subprocess.Popen(demo, env=env))
+        print(f"\n  API:  {api}   (docs: {api}/docs)\n  demo: http://{args.host}:{args.demo_port}\n"
+              "  Ctrl-C stops both.\n", flush=True)
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        return max((p.returncode or 0) for p in procs if p.poll() is not None)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        _stop(procs)

@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # torch 2.13.0: a CPU machine here takes the local CPU wheel; elsewhere PyPI's (CUDA) build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean train-shapes
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,3 +29,11 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache out
+
+# The embedded model's training, stage by stage; each stage resumes when run again.
+train-shapes: install
+	$(VENV)/bin/omnidit train vae --out runs/shapes/vae --minutes 35 --lr 1.5e-3 --clip-every 3
+	$(VENV)/bin/omnidit train cache --vae runs/shapes/vae/vae --out runs/shapes/cache --images 8192 --videos 0
+	$(VENV)/bin/omnidit train cache --vae runs/shapes/vae/vae --out runs/shapes/cache --images 0 --videos 512 &
+	$(VENV)/bin/omnidit train dit --vae runs/shapes/vae/vae --cache runs/shapes/cache --out runs/shapes/dit --minutes 70
+	$(VENV)/bin/omnidit train export --checkpoint runs/shapes/dit/checkpoint.pt --vae runs/shapes/vae/vae --out omnidit/models/shapes

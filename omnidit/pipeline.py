@@ -72,12 +72,26 @@ class _Request:
 class Pipeline:
     """A DiT, a video VAE and a text encoder, with the sampling defaults of their model."""
 
-    def __init__(self, dit, vae, text_encoder, config: PipelineConfig, *, name: str = "custom"):
+    def __init__(self, dit, vae, text_encoder, config: PipelineConfig, *, name: str = "custom", parallel=None):
         self.dit = dit
         self.vae = vae
         self.text_encoder = text_encoder
         self.config = config
         self.name = name
+        self.parallel = None
+        self.set_parallel(parallel)
+
+    def set_parallel(self, parallel) -> None:
+        """Run across processes (an `omnidit.parallel.ParallelRuntime`, one per process), or None for one.
+
+        The runtime checks the model against its degrees and installs the DiT's sequence-parallel
+        attention hook; every process then calls `generate` with the same arguments.
+        """
+        if parallel is not None:
+            parallel.attach(self.dit)
+        elif self.parallel is not None:
+            self.dit.set_joint_attention(None)
+        self.parallel = parallel
 
     @classmethod
     def from_pretrained(
@@ -86,6 +100,7 @@ class Pipeline:
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        parallel=None,
     ) -> "Pipeline":
         from omnidit.dit import DiT
         from omnidit.tokenizers import VideoVAE, load_text_encoder
@@ -101,7 +116,7 @@ class Pipeline:
         text_encoder = load_text_encoder(model_dir, dtype=dtype, device=device)
         config = read_pipeline_config(model_dir, index, dit.config.guidance_embeds)
         name = model_dir.name if model_dir.parent == MODELS_DIR else str(model_dir)
-        return cls(dit, vae, text_encoder, config, name=name)
+        return cls(dit, vae, text_encoder, config, name=name, parallel=parallel)
 
     @property
     def device(self) -> torch.device:
@@ -197,6 +212,8 @@ class Pipeline:
         if len(seeds) != len(prompts):
             raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
         seeds = [int(torch.randint(0, 2**31 - 1, ()).item()) if s is None else int(s) for s in seeds]
+        if self.parallel is not None:
+            seeds = self.parallel.broadcast_object(seeds)  # rank 0's draw: noise must match on every rank
         if latents is None:
             latents = torch.cat([self.initial_noise(req, s) for s in seeds])
         noise = torch.Generator("cpu").manual_seed(seeds[0])  # for samplers that re-noise
@@ -223,10 +240,10 @@ class Pipeline:
 
         dev, dt = self.device, self.dtype
         b = len(prompts)
-        cond = self.text_encoder.encode(prompts, device=dev)
+        cond = self._encode_text(prompts, dev)
         use_cfg = req.negative_prompt is not None
         if use_cfg:
-            uncond = self.text_encoder.encode([req.negative_prompt] * b, device=dev)
+            uncond = self._encode_text([req.negative_prompt] * b, dev)
             text, mask, pooled = _cat_text(cond, uncond)
         else:
             text, mask, pooled = cond.hidden_states, cond.attention_mask, cond.pooled
@@ -240,7 +257,7 @@ class Pipeline:
             x_in = torch.cat([x, x]) if use_cfg else x
             t = timesteps_from_sigmas(sigma).to(torch.float32)  # [B], as diffusers: sigma * 1000
             t = torch.cat([t, t]) if use_cfg else t
-            v = self.dit(x_in.to(dt), t, text, mask, pooled, guidance=guidance).float()
+            v = self._dit_forward(x_in.to(dt), t, text, mask, pooled, guidance=guidance).float()
             if use_cfg:
                 v_cond, v_uncond = v.chunk(2)
                 return cfg_combine(v_cond, v_uncond, req.cfg_scale)
@@ -249,6 +266,16 @@ class Pipeline:
         sigmas = flow_sigmas(req.steps, self.config.shift).to(dev)
         return run_sampler(self.config.sampler, model_fn, latents.float(), sigmas, callback=callback,
                            generator=generator)
+
+    def _encode_text(self, prompts: list[str], device: torch.device):
+        if self.parallel is None:
+            return self.text_encoder.encode(prompts, device=device)
+        return self.parallel.encode_text(self.text_encoder, prompts, device)
+
+    def _dit_forward(self, *args, **kwargs) -> torch.Tensor:
+        if self.parallel is None:
+            return self.dit(*args, **kwargs)
+        return self.parallel.forward(self.dit, *args, **kwargs)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor):

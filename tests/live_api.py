@@ -91,13 +91,13 @@ def _stop(proc: subprocess.Popen, grace: float = 20) -> None:
         pass
 
 
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, what: str) -> None:
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float, what: str, *, ok=lambda code: code < 500) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode} before answering:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(url, timeout=2).status_code < 500:
+            if ok(httpx.get(url, timeout=10).status_code):
                 return
         except httpx.HTTPError:
             pass
@@ -116,7 +116,8 @@ def live_service(model_dir: Path, work: Path, *, api_key: str | None = None):
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_http(url + "/health", proc, log, SERVE_START_TIMEOUT, "omnidit serve")
+        # Serve's proxy answers 404 until the app's routes are deployed: wait for a real 200.
+        _wait_http(url + "/health", proc, log, SERVE_START_TIMEOUT, "omnidit serve", ok=lambda code: code == 200)
         yield url
     finally:
         _stop(proc)

@@ -16,6 +16,7 @@ depend on padded rows, so we drop the text tail no sample uses and give the atte
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -39,6 +40,17 @@ from omnidit.dit.embeddings import (
     rope_with_text_identity,
     unpatchify,
 )
+
+
+class Embedded(NamedTuple):
+    """What `DiT.embed` hands to the blocks (B batch, N video tokens, L text tokens, D width)."""
+
+    img: torch.Tensor  # [B, N, D] video tokens
+    txt: torch.Tensor  # [B, L, D] refined text, trimmed to the longest sample
+    temb: torch.Tensor  # [B, D] conditioning vector
+    rope: torch.Tensor  # [N, Dh/2] complex rotary table of the video tokens
+    layout: JointLayout
+    grid: tuple[int, int, int]  # (T, H, W) in patches
 
 
 class DiT(nn.Module):
@@ -120,7 +132,27 @@ class DiT(nn.Module):
         pooled_projections: torch.Tensor,
         guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`[B, C, T, H, W]` latents -> `[B, C_out, T, H, W]` prediction (see module docstring)."""
+        """`[B, C, T, H, W]` latents -> `[B, C_out, T, H, W]` prediction (see module docstring).
+
+        Three stages, so sequence parallelism (omnidit/parallel) can split the video tokens after
+        `embed` and gather them after `project_out` without re-implementing either.
+        """
+        e = self.embed(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, pooled_projections,
+                       guidance)
+        img = self.run_blocks(e.img, e.txt, e.temb, e.rope, e.layout)  # [B, N, D]
+        out = self.project_out(img, e.temb)  # [B, N, C_out * pt * ph * pw]
+        return unpatchify(out, e.grid, self.patch)  # [B, C_out, T, H, W]
+
+    def embed(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        guidance: torch.Tensor | None = None,
+    ) -> Embedded:
+        """Inputs of `forward` -> token sequences, conditioning, RoPE table and joint layout."""
         grid = self._check_inputs(hidden_states, encoder_hidden_states, encoder_attention_mask, pooled_projections)
         B = hidden_states.shape[0]
         timestep = timestep.reshape(-1).expand(B) if timestep.numel() == 1 else timestep  # [B]
@@ -135,10 +167,11 @@ class DiT(nn.Module):
         txt = txt[:, :max_text]  # [B, L', D]; tokens past every sample's length are never attended
         layout = JointLayout(n_img=img.shape[1], text_lengths=lengths, max_text=max_text)
         rope = rope_3d(grid, self.config.rope_axes_dim, self.config.rope_theta, img.device)  # [N, Dh/2] complex
+        return Embedded(img, txt, temb, rope, layout, grid)
 
-        img = self.run_blocks(img, txt, temb, rope, layout)  # [B, N, D]
-        out = self.proj_out(self.norm_out(img, temb))  # [B, N, C_out * pt * ph * pw]
-        return unpatchify(out, grid, self.patch)  # [B, C_out, T, H, W]
+    def project_out(self, img: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """Final adaLN + linear, per token: `[B, N, D]` -> `[B, N, C_out * pt * ph * pw]`."""
+        return self.proj_out(self.norm_out(img, temb))
 
     def run_blocks(
         self,

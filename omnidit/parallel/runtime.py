@@ -1,0 +1,118 @@
+"""`ParallelRuntime`: what a Pipeline needs to run one generation across processes.
+
+- `forward(dit, ...)`: the DiT forward with the CFG axis splitting the batch (cond | uncond) and the
+  sp axis splitting the video tokens between `dit.embed` and `dit.project_out` (shard.py); the
+  attention inside goes through the hook of attention.py. The whole prediction comes back on
+  every rank, so the sampler runs unchanged (and identically) everywhere.
+- `encode_text(encoder, prompts, device)`: rank 0 encodes, everyone receives the same bits: text
+  tokens are replicated state and must be identical on every rank.
+- `broadcast_object` (seeds), `agree` (a cancel decision every rank takes at the same step).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from omnidit.dit.embeddings import unpatchify
+from omnidit.parallel.attention import SequenceParallelAttention
+from omnidit.parallel.comm import all_gather, broadcast_object, broadcast_tensor
+from omnidit.parallel.shard import ShardedLayout, ShardSpec, gather_tokens, split_rope, split_tokens
+from omnidit.parallel.state import ParallelState, destroy_parallel
+
+
+class ParallelRuntime:
+    """One process's share of a parallel generation (see module docstring)."""
+
+    def __init__(self, state: ParallelState):
+        self.state = state
+
+    @property
+    def device(self) -> torch.device:
+        return self.state.device
+
+    @property
+    def is_output_rank(self) -> bool:
+        return self.state.is_output_rank
+
+    def describe(self) -> str:
+        c, backend = self.state.config, "nccl" if self.device.type == "cuda" else "gloo"
+        return (f"ulysses {c.ulysses_degree} x ring {c.ring_degree} x cfg {c.cfg_degree} = {c.world_size} "
+                f"processes ({backend})")
+
+    # ---- the DiT ------------------------------------------------------------------------
+
+    def attach(self, dit) -> None:
+        """Check the model fits the degrees and install the sequence-parallel attention hook."""
+        self.state.config.check_heads(dit.config.num_attention_heads)
+        if self.state.sp.world_size > 1:
+            dit.set_joint_attention(SequenceParallelAttention(self.state, lambda: dit.attention_backend))
+
+    def forward(self, dit, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
+                pooled_projections, guidance=None) -> torch.Tensor:
+        """Same arguments and result as `dit(...)`; every rank passes the same inputs, gets the same output."""
+        args = (hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, pooled_projections, guidance)
+        if self.state.world_size > 1 and torch.is_grad_enabled():
+            # the collectives here are not differentiable: gradients would be silently wrong
+            raise RuntimeError("parallel DiT forward is inference-only: call it under torch.no_grad()")
+        cfg = self.state.cfg
+        B = hidden_states.shape[0]
+        if cfg.world_size == 1 or B % cfg.world_size:  # nothing to split (e.g. no CFG, batch 1): replicate
+            return self._sp_forward(dit, *args)
+        part = B // cfg.world_size
+        mine = [_batch_slice(a, B, cfg.rank * part, part) for a in args]
+        out = self._sp_forward(dit, *mine)  # [B / c, C_out, T, H, W]
+        return all_gather(out, cfg).flatten(0, 1)  # [B, C_out, T, H, W]: the one CFG gather of the step
+
+    def _sp_forward(self, dit, hidden_states, timestep, text, mask, pooled, guidance):
+        sp = self.state.sp
+        if sp.world_size == 1:
+            return dit(hidden_states, timestep, text, mask, pooled, guidance=guidance)
+        e = dit.embed(hidden_states, timestep, text, mask, pooled, guidance)
+        spec = ShardSpec(e.img.shape[1], sp.world_size, sp.rank)
+        img = split_tokens(e.img, spec)  # [B, chunk, D]
+        rope = split_rope(e.rope, spec)  # [chunk, Dh/2]
+        layout = ShardedLayout(n_img=spec.chunk, text_lengths=e.layout.text_lengths, max_text=e.layout.max_text,
+                               shard=spec)
+        img = dit.run_blocks(img, e.txt, e.temb, rope, layout)  # [B, chunk, D]
+        out = dit.project_out(img, e.temb)  # [B, chunk, C_out * pt * ph * pw]: gather after the small head
+        out = gather_tokens(out, spec, sp)  # [B, N, C_out * pt * ph * pw]
+        return unpatchify(out, e.grid, dit.patch)  # [B, C_out, T, H, W]
+
+    # ---- agreement between ranks ---------------------------------------------------------
+
+    def encode_text(self, encoder, prompts: list[str], device: torch.device):
+        """Encode on rank 0 and broadcast (the other ranks never run the text encoder)."""
+        from omnidit.tokenizers import TextEmbeddings
+
+        world = self.state.world
+        emb = encoder.encode(prompts, device=device) if world.rank == 0 else None
+        meta = None
+        if emb is not None:
+            meta = [(tuple(t.shape), t.dtype) for t in (emb.hidden_states, emb.attention_mask, emb.pooled)]
+        meta = broadcast_object(meta, world, device=self._object_device())
+        mine = (emb.hidden_states, emb.attention_mask, emb.pooled) if emb is not None else (None, None, None)
+        got = [broadcast_tensor(t, world, shape=s, dtype=d, device=self.device) for t, (s, d) in zip(mine, meta)]
+        return TextEmbeddings(*(t.to(device) for t in got))
+
+    def broadcast_object(self, obj):
+        """Rank 0's value of a small picklable object, on every rank (e.g. the seeds)."""
+        return broadcast_object(obj, self.state.world, device=self._object_device())
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's flag on every rank, so all ranks stop (or go on) at the same step."""
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        t = broadcast_tensor(t, self.state.world, shape=(1,), dtype=torch.int32, device=self.device)
+        return bool(int(t.item()))
+
+    def close(self) -> None:
+        destroy_parallel(self.state)
+
+    def _object_device(self):
+        return self.device if self.device.type == "cuda" else None
+
+
+def _batch_slice(x, B: int, start: int, n: int):
+    """Rows [start, start + n) of a per-sample tensor; broadcast scalars and None pass through."""
+    if x is None or not isinstance(x, torch.Tensor) or x.ndim == 0 or x.shape[0] != B:
+        return x
+    return x[start : start + n]

@@ -17,7 +17,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _positive_int(name: str):
+def positive_int(name: str):
     def parse(s: str) -> int:
         try:
             v = int(s)
@@ -34,10 +34,10 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate one image or video from a prompt")
     p.add_argument("prompt")
     p.add_argument("--model", default=None, help="shipped model name or diffusers-format folder (default: the embedded model)")
-    p.add_argument("--frames", type=_positive_int("--frames"), default=1, help="1 for an image; 1 mod 4 for video (5, 9, 17, ...)")
-    p.add_argument("--height", type=_positive_int("--height"), default=None)
-    p.add_argument("--width", type=_positive_int("--width"), default=None)
-    p.add_argument("--steps", type=_positive_int("--steps"), default=None, help="denoising steps (default: the model's own)")
+    p.add_argument("--frames", type=positive_int("--frames"), default=1, help="1 for an image; 1 mod 4 for video (5, 9, 17, ...)")
+    p.add_argument("--height", type=positive_int("--height"), default=None)
+    p.add_argument("--width", type=positive_int("--width"), default=None)
+    p.add_argument("--steps", type=positive_int("--steps"), default=None, help="denoising steps (default: the model's own)")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--seed", type=int, default=0)

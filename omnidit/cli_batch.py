@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from omnidit.cli import UserError, _Parser, _positive_int
+from omnidit.cli import UserError, positive_int
 
 
 def add_batch(sub) -> None:
@@ -20,9 +20,9 @@ def add_batch(sub) -> None:
                                    '"guidance"?, "negative_prompt"?} per line')
     p.add_argument("--out", required=True, help="output folder: <id>.png / <id>.mp4 and manifest.jsonl")
     p.add_argument("--model", default=None, help="shipped model name or diffusers-format folder")
-    p.add_argument("--concurrency", type=_positive_int("--concurrency"), default=1,
+    p.add_argument("--concurrency", type=positive_int("--concurrency"), default=1,
                    help="generator actors, each with its own copy of the model (one GPU each with --device cuda)")
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=4,
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=4,
                    help="prompts of the same size/frames/steps generated together (default 4)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray for this job)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when this machine has one)")
@@ -86,22 +86,3 @@ def _device(name: str | None, address: str | None, concurrency: int) -> str:
         if concurrency > n:
             raise UserError(f"--concurrency {concurrency} needs one GPU per actor; this machine has {n}")
     return name
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`omnidit batch ...` on its own: argv is what follows `batch`."""
-    parser = _Parser(prog="omnidit")
-    add_batch(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
-    args = parser.parse_args(["batch", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"omnidit batch: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

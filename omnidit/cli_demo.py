@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from urllib.parse import urlparse
 
 
@@ -50,24 +49,3 @@ def cmd_demo(args) -> int:
     print(f"omnidit demo on http://{args.host}:{args.port} -> service {args.api}", flush=True)
     launch(cfg, host=args.host, port=args.port, block=True)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m omnidit.cli_demo --api URL`) until `demo` is wired into omnidit.cli."""
-    from omnidit.cli import UserError, _Parser
-
-    parser = _Parser(prog="omnidit")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    add_demo(sub)
-    args = parser.parse_args(["demo", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"omnidit demo: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

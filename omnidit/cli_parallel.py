@@ -19,25 +19,14 @@ if TYPE_CHECKING:  # torch stays unimported until a command runs: `omnidit --hel
     from omnidit.parallel import ParallelConfig, ParallelRuntime
 
 
-def _degree(name: str):
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
-        return v
-
-    return parse
-
-
 def add_parallel_args(parser: argparse.ArgumentParser) -> None:
+    from omnidit.cli import positive_int
+
     """--ulysses-degree U, --ring-degree R, --cfg-parallel."""
     g = parser.add_argument_group("multi-process (under torchrun --nproc-per-node U*R*(2 if --cfg-parallel))")
-    g.add_argument("--ulysses-degree", type=_degree("--ulysses-degree"), default=1,
+    g.add_argument("--ulysses-degree", type=positive_int("--ulysses-degree"), default=1,
                    help="split the video tokens U ways with all-to-all over heads (U must divide the heads)")
-    g.add_argument("--ring-degree", type=_degree("--ring-degree"), default=1,
+    g.add_argument("--ring-degree", type=positive_int("--ring-degree"), default=1,
                    help="split the video tokens R ways with ring attention (any R)")
     g.add_argument("--cfg-parallel", action="store_true",
                    help="conditional and unconditional branches on different processes (2x the processes)")

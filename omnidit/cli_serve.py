@@ -11,6 +11,7 @@ import time
 
 
 def add_serve(sub) -> None:
+    from omnidit.cli_parallel import _degree
     from omnidit.serving.settings import ServeSettings
 
     d = ServeSettings()
@@ -26,7 +27,16 @@ def add_serve(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--replicas", type=int, default=d.replicas, help="generator replicas, each holding the model")
     p.add_argument("--gpus-per-replica", type=int, default=None,
-                   help="GPUs per generator replica (default: 1 with CUDA, else 0); >1 needs sequence parallelism")
+                   help="GPUs per generator replica (default: 1 with CUDA, else 0; a parallel replica: K with CUDA, "
+                        "else 0)")
+    g = p.add_argument_group("parallel replicas (K = U x R x (2 if --cfg-parallel) worker processes per replica; "
+                             "one GPU each with CUDA, else gloo on CPU)")
+    g.add_argument("--ulysses-degree", type=_degree("--ulysses-degree"), default=1,
+                   help="split each video's tokens U ways with all-to-all over heads (U must divide the heads)")
+    g.add_argument("--ring-degree", type=_degree("--ring-degree"), default=1,
+                   help="split each video's tokens R ways with ring attention")
+    g.add_argument("--cfg-parallel", action="store_true",
+                   help="conditional and unconditional branches on different workers (2x the workers)")
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="image requests per batch; 1 = no batching")
     p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_s * 1000, help="how long a batch waits to fill")
     p.add_argument("--max-pending-images", type=int, default=d.max_pending_images,
@@ -48,19 +58,22 @@ def _settings(args):
 
     try:
         resolve_model(args.model or default_model())  # a wrong --model fails here, in one line, before Ray starts
+        workers = args.ulysses_degree * args.ring_degree * (2 if args.cfg_parallel else 1)
         gpus = args.gpus_per_replica
         if gpus is None:
-            gpus = 1 if _cuda_available() and args.device != "cpu" else 0
+            gpus = workers if _cuda_available() and args.device != "cpu" else 0
         s = ServeSettings(
             model=args.model, data_dir=args.data_dir, job_store=args.job_store,
             api_key=args.api_key or os.environ.get("OMNIDIT_API_KEY") or None, device=args.device,
             replicas=args.replicas, gpus_per_replica=gpus, max_batch_size=args.max_batch_size,
             batch_wait_s=args.batch_wait_ms / 1000, max_pending_images=args.max_pending_images,
             max_queued_jobs=args.max_queued_jobs, max_steps=args.max_steps, retention_s=args.retention,
-            log_prompts=args.log_prompts, lease_s=args.lease_seconds)
+            log_prompts=args.log_prompts, lease_s=args.lease_seconds, ulysses_degree=args.ulysses_degree,
+            ring_degree=args.ring_degree, cfg_parallel=args.cfg_parallel)
         check_supported(s)
         if (args.device or "").startswith("cuda") and gpus < 1:
-            raise ValueError("--device cuda needs --gpus-per-replica 1 (Ray hides GPUs from replicas without one)")
+            raise ValueError(f"--device cuda needs --gpus-per-replica {workers} "
+                             "(Ray hides GPUs from replicas without one)")
         if s.store_url.startswith("postgres"):
             from omnidit.serving.jobs import open_store
 

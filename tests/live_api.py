@@ -21,50 +21,18 @@ SERVE_START_TIMEOUT = 240  # Ray + model load on a busy 2-core machine
 DEMO_START_TIMEOUT = 90
 
 
-def _subcommands() -> set[str]:
-    from omnidit.cli import build_parser
-
-    parser = build_parser()
-    for action in parser._actions:  # the subparsers action holds the registered names
-        if getattr(action, "choices", None) and isinstance(action.choices, dict):
-            return set(action.choices)
-    return set()
-
-
-# `omnidit serve` from omnidit.cli_serve.add_serve alone, for while it is not wired into omnidit.cli yet.
-_SERVE_RUNNER = """
-import sys
-from omnidit.cli import UserError, _Parser
-from omnidit.cli_serve import add_serve
-parser = _Parser(prog="omnidit")
-add_serve(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
-args = parser.parse_args(sys.argv[1:])
-try:
-    sys.exit(args.func(args))
-except UserError as e:
-    sys.exit(f"omnidit serve: error: {e}")
-"""
-
-
 def serve_unavailable_reason() -> str | None:
     """Why the live service cannot be started here, or None if it can."""
     try:
         import omnidit.serving.app  # noqa: F401
     except ImportError as e:
-        return f"omnidit.serving is not importable yet ({e})"
-    if "serve" not in _subcommands():
-        try:
-            from omnidit.cli_serve import add_serve  # noqa: F401
-        except ImportError as e:
-            return f"`omnidit serve` is not registered and omnidit.cli_serve.add_serve is not importable ({e})"
+        return f"omnidit.serving is not importable ({e})"
     return None
 
 
 def serve_command(*args: str) -> list[str]:
-    """`python -m omnidit serve ARGS`, or the same subcommand through `_SERVE_RUNNER` until it is wired."""
-    if "serve" in _subcommands():
-        return [sys.executable, "-m", "omnidit", "serve", *args]
-    return [sys.executable, "-c", _SERVE_RUNNER, "serve", *args]
+    """`python -m omnidit serve ARGS`."""
+    return [sys.executable, "-m", "omnidit", "serve", *args]
 
 
 def _env() -> dict[str, str]:
@@ -124,11 +92,8 @@ def live_service(model_dir: Path, work: Path, *, api_key: str | None = None):
 
 
 def demo_command(api_url: str, port: int) -> list[str]:
-    """`omnidit demo` once the lead has wired it into omnidit.cli; the standalone entry until then."""
-    args = ["--api", api_url, "--port", str(port), "--host", "127.0.0.1"]
-    if "demo" in _subcommands():
-        return [sys.executable, "-m", "omnidit", "demo", *args]
-    return [sys.executable, "-m", "omnidit.cli_demo", *args]
+    """`python -m omnidit demo` against `api_url`."""
+    return [sys.executable, "-m", "omnidit", "demo", "--api", api_url, "--port", str(port), "--host", "127.0.0.1"]
 
 
 @contextmanager

@@ -197,11 +197,7 @@ def test_job_end_to_end(job):
 
 
 def _batch_cmd() -> list[str]:
-    """`python -m omnidit batch` once the subcommand is wired into cli.py, else the module itself."""
-    from omnidit.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
-    return ["-m", "omnidit", "batch"] if "batch" in sub.choices else ["-m", "omnidit.cli_batch"]
+    return ["-m", "omnidit", "batch"]
 
 
 @pytest.mark.slow
@@ -263,21 +259,21 @@ def test_killed_job_resumes_without_redoing_work_and_same_bytes(tmp_path, model,
     (lambda d: [str(d / "p.jsonl"), "--out", str(d / "o"), "--model", str(d / "nope")], "nope"),
 ])
 def test_user_errors_exit_2_in_one_line(tmp_path, capsys, make_args, needle):
-    from omnidit.cli_batch import main
+    from omnidit.cli import main
 
     write_lines(tmp_path / "p.jsonl", [{"prompt": "a red circle"}])
-    assert main(make_args(tmp_path)) == 2
+    assert main(["batch", *make_args(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
 
 
 @pytest.mark.parametrize("value", ["0", "two"])
 def test_bad_concurrency_exits_2(tmp_path, capsys, value):
-    from omnidit.cli_batch import main
+    from omnidit.cli import main
 
     write_lines(tmp_path / "p.jsonl", [{"prompt": "a red circle"}])
     with pytest.raises(SystemExit) as e:
-        main([str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "o"), "--concurrency", value])
+        main(["batch", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "o"), "--concurrency", value])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--concurrency" in err[0], err

@@ -230,18 +230,18 @@ def test_demo_names_an_unreachable_service():
 def test_cli_rejects_bad_arguments_in_one_line(capsys):
     import socket
 
-    from omnidit.cli_demo import main
+    from omnidit.cli import main
 
-    assert main(["--api", "localhost:8000"]) == 2
+    assert main(["demo", "--api", "localhost:8000"]) == 2
     assert capsys.readouterr().err.strip() == \
         "omnidit demo: error: --api must be an http:// or https:// URL, got 'localhost:8000'"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        assert main(["--port", str(s.getsockname()[1])]) == 2
+        assert main(["demo", "--port", str(s.getsockname()[1])]) == 2
     assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        main(["--port", "0"])
+        main(["demo", "--port", "0"])
     assert e.value.code == 2
 
 

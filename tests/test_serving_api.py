@@ -370,10 +370,9 @@ def test_serve_config_yaml_builds(model_dir, tmp_path):
 def test_multi_gpu_replica_design():
     from omnidit.serving.generator import check_supported, generator_options
 
-    s = ServeSettings(gpus_per_replica=4, cpus_per_replica=2)
-    opts = generator_options(s)
-    assert opts["placement_group_bundles"] == [{"CPU": 2, "GPU": 1}] * 4
-    assert opts["placement_group_strategy"] == "STRICT_PACK"
+    s = ServeSettings(gpus_per_replica=4, cpus_per_replica=2, ulysses_degree=2, ring_degree=2)
+    check_supported(s)  # a parallel replica holds its workers' GPUs itself (tests/test_serving_parallel.py)
+    assert generator_options(s)["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 4}
     with pytest.raises(ValueError, match="sequence-parallel worker group"):
-        check_supported(s)
+        check_supported(ServeSettings(gpus_per_replica=4))
     assert generator_options(ServeSettings(gpus_per_replica=1))["ray_actor_options"]["num_gpus"] == 1

@@ -33,12 +33,17 @@ def test_defaults_and_flags(model, tmp_path, monkeypatch):
     monkeypatch.setenv("OMNIDIT_API_KEY", "from-env")
     assert _settings(_parse(["--model", model, "--port", "18999"])).api_key == "from-env"
     assert _settings(_parse(["--model", model, "--port", "18999", "--api-key", "flag"])).api_key == "flag"
+    par = _settings(_parse(["--model", model, "--port", "18999", "--device", "cpu", "--ulysses-degree", "2",
+                            "--cfg-parallel"]))
+    assert (par.ulysses_degree, par.ring_degree, par.cfg_parallel, par.workers_per_replica) == (2, 1, True, 4)
+    assert par.gpus_per_replica == 0  # CPU: the 4 workers use gloo
 
 
 @pytest.mark.parametrize("argv,match", [
     (["--model", "/no/such/model"], "neither a shipped model"),
     (["--retention", "soon"], "retention"),
     (["--gpus-per-replica", "2"], "sequence-parallel worker group"),
+    (["--ring-degree", "2", "--gpus-per-replica", "1"], "0 .CPU workers, gloo. or 2"),
     (["--max-batch-size", "0"], "max_batch_size"),
     (["--job-store", "mysql://x"], "job_store"),
     (["--port", "70000"], "--port"),

@@ -2,13 +2,22 @@
 
 `generator.py` wraps this in a Ray Serve deployment (adding `@serve.batch`); tests and
 the in-process client use it directly.
+
+A parallel replica (`settings.workers_per_replica > 1`) holds an omnidit/parallel `WorkerGroup`
+instead: K worker processes (gloo on CPU, one GPU each with NCCL) running every generation
+together. It has Pipeline's `generate_many`, so image batches and video jobs run unchanged;
+progress comes from rank 0 and a cancel stops every rank within one step. One difference: the
+workers do not pause between steps, so image batches wait for a running video to finish instead
+of going ahead between its steps.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
+from pathlib import Path
 
 from omnidit.serving.files import OutputDir
 from omnidit.serving.jobs import Job, open_store
@@ -83,17 +92,56 @@ def run_image_batch(pipe, payloads: list[dict], *, max_images: int = 16) -> list
     return results  # type: ignore[return-value]
 
 
+def model_info(model: str | None) -> ModelInfo:
+    """`ModelInfo.from_pipeline` from the model folder's config files alone (a parallel replica's own
+    process loads no weights: its workers do)."""
+    from omnidit.dit.checkpoint import read_config
+    from omnidit.pipeline import MODELS_DIR, default_model, resolve_model
+    from omnidit.pipeline_config import read_pipeline_config
+
+    model_dir = resolve_model(model or default_model())
+    index = json.loads((model_dir / "model_index.json").read_text())
+    c = read_pipeline_config(model_dir, index, read_config(model_dir / "transformer").guidance_embeds)
+    vae = json.loads((model_dir / "vae" / "config.json").read_text())
+    name = model_dir.name if model_dir.parent == MODELS_DIR else str(model_dir)  # as Pipeline names it
+    return ModelInfo(id=Path(name).name, name=name, width=c.width, height=c.height, max_width=c.max_width,
+                     max_height=c.max_height, max_frames=c.max_frames, size_multiple=c.size_multiple, fps=c.fps,
+                     steps=c.steps, guidance=float(c.guidance), temporal_ratio=int(vae["temporal_compression_ratio"]))
+
+
+def start_worker_group(settings: ServeSettings):
+    """The parallel replica's WorkerGroup: K processes on CPU (gloo) or on cuda:0..K-1 (NCCL)."""
+    import torch
+
+    from omnidit.parallel import ParallelConfig
+    from omnidit.parallel.runner import WorkerGroup
+
+    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda for a parallel replica (worker k uses cuda:k), got {device!r}")
+    config = ParallelConfig(ulysses_degree=settings.ulysses_degree, ring_degree=settings.ring_degree,
+                            cfg_degree=2 if settings.cfg_parallel else 1)
+    return WorkerGroup(settings.model, config, device=device), device
+
+
 class GeneratorEngine:
-    """A Pipeline on one device, shared by image batches and (if `run_jobs`) the video-job worker."""
+    """A Pipeline on one device (or a parallel WorkerGroup), shared by image batches and (if
+    `run_jobs`) the video-job worker."""
 
     def __init__(self, settings: ServeSettings, *, run_jobs: bool | None = None):
         from omnidit.pipeline import Pipeline
 
         self.settings = settings
         t0 = time.perf_counter()
-        self.pipe = Pipeline.from_pretrained(settings.model, device=settings.device)
-        self.info = ModelInfo.from_pipeline(self.pipe)
-        log.info("loaded model %s on %s in %.1fs", self.info.id, self.pipe.device, time.perf_counter() - t0)
+        self.parallel = settings.workers_per_replica > 1
+        if self.parallel:
+            self.info = model_info(settings.model)  # first: a bad model fails before any process starts
+            self.pipe, self.device = start_worker_group(settings)
+        else:
+            self.pipe = Pipeline.from_pretrained(settings.model, device=settings.device)
+            self.info, self.device = ModelInfo.from_pipeline(self.pipe), str(self.pipe.device)
+        where = f"{settings.workers_per_replica} {self.device} workers" if self.parallel else self.device
+        log.info("loaded model %s on %s in %.1fs", self.info.id, where, time.perf_counter() - t0)
         self.gate = DeviceGate()
         self.runner: JobRunner | None = None
         if settings.run_jobs if run_jobs is None else run_jobs:
@@ -101,7 +149,8 @@ class GeneratorEngine:
                                max_attempts=settings.max_attempts)
             self.runner = JobRunner(store, OutputDir(settings.data_path), self.run_video, lease_s=settings.lease_s,
                                     poll_s=settings.poll_s, log_prompts=settings.log_prompts,
-                                    between_steps=self.gate.yield_to_images)
+                                    # workers run ahead of the callbacks: images cannot cut in mid-video
+                                    between_steps=None if self.parallel else self.gate.yield_to_images)
             self.runner.start()
 
     def run_images(self, payloads: list[dict]) -> list[dict]:
@@ -122,11 +171,18 @@ class GeneratorEngine:
         """Raises when the replica cannot do its job (Serve then replaces it)."""
         if self.runner is not None and not self.runner.alive:
             raise RuntimeError("the video job worker thread has stopped")
-        return {"model": self.info.id, "device": str(self.pipe.device),
+        broken = getattr(self.pipe, "_broken", None)  # a WorkerGroup whose worker died or hung
+        if broken:
+            raise RuntimeError(f"the worker group is broken: {broken}")
+        return {"model": self.info.id, "device": self.device, "workers": self.settings.workers_per_replica,
                 "job": self.runner.current if self.runner else None,
                 "worker": self.runner.owner if self.runner else None}
 
     def close(self) -> None:
-        if self.runner is not None:
-            self.runner.stop()
-            self.runner.store.close()
+        try:
+            if self.runner is not None:
+                self.runner.stop()
+                self.runner.store.close()
+        finally:
+            if self.parallel:
+                self.pipe.close()

@@ -1,14 +1,19 @@
-"""The generator deployment: one Pipeline per replica, image requests batched with `@serve.batch`.
+"""The generator deployment: one Pipeline (or parallel worker group) per replica; image requests
+batched with `@serve.batch`.
 
 Each replica also runs the video-job worker (engine.GeneratorEngine), so a replica that
 dies mid-job leaves a lease that expires and another replica (or its replacement)
 finishes the job. The denoising loop always runs in a worker thread, never on the
 replica's event loop, so health checks and batching keep working while it runs.
 
-Multi-GPU replicas (`gpus_per_replica > 1`): `generator_options` reserves a STRICT_PACK
-placement group of one GPU bundle per rank, where the replica (bundle 0) would start a
-sequence-parallel worker group (Ulysses/Ring over omnidit/parallel) for the other ranks.
-That worker group does not exist yet, so `check_supported` refuses > 1 with a clear error.
+Parallel replicas (`ulysses_degree x ring_degree x (2 if cfg_parallel)` = K > 1): the replica
+holds a sequence-parallel WorkerGroup (omnidit/parallel/runner.py) of K worker processes it
+spawns itself (engine.GeneratorEngine). On GPU the replica actor reserves all K GPUs
+(`num_gpus: K`, so gpus_per_replica must equal K): its children inherit the replica's
+CUDA_VISIBLE_DEVICES and worker k uses cuda:k, and one actor always sits on one node, so NCCL
+stays intra-node. (One-GPU placement-group bundles would not do: the spawned workers are not
+Ray actors, and would see only the replica's own GPU.) On CPU (gpus_per_replica 0) the K
+workers use gloo.
 """
 
 from __future__ import annotations
@@ -58,10 +63,20 @@ class Generator:
 
 
 def check_supported(s: ServeSettings) -> None:
-    if s.gpus_per_replica > 1:
-        raise ValueError(
-            f"gpus_per_replica={s.gpus_per_replica}: a multi-GPU replica needs the sequence-parallel worker group "
-            "(omnidit/parallel), which is not built yet; use gpus_per_replica 0 or 1 and more replicas")
+    """GPUs per replica must match the replica's worker count: 0 (CPU) or 1 for one process, 0 or K for K."""
+    k, g = s.workers_per_replica, s.gpus_per_replica
+    degrees = f"ulysses_degree x ring_degree x (2 if cfg_parallel) = {s.ulysses_degree} x {s.ring_degree} x " \
+              f"{2 if s.cfg_parallel else 1} = {k}"
+    if k == 1 and g > 1:
+        raise ValueError(f"gpus_per_replica={g} needs a sequence-parallel worker group of {g} processes: "
+                         f"set ulysses_degree/ring_degree/cfg_parallel so that their product is {g} "
+                         "(or use gpus_per_replica 0 or 1 and more replicas)")
+    if k > 1 and g not in (0, k):
+        raise ValueError(f"gpus_per_replica must be 0 (CPU workers, gloo) or {k} (one GPU per worker) "
+                         f"with {degrees}, got {g}")
+    if k > 1 and s.device not in (None, "cpu" if g == 0 else "cuda"):
+        raise ValueError(f"device must be {'cpu' if g == 0 else 'cuda'} (or unset) for a parallel replica "
+                         f"with gpus_per_replica={g}, got {s.device!r}")
 
 
 def generator_options(s: ServeSettings) -> dict:
@@ -78,11 +93,8 @@ def generator_options(s: ServeSettings) -> dict:
         "graceful_shutdown_timeout_s": max(10.0, s.lease_s),
         "graceful_shutdown_wait_loop_s": 1.0,
     }
-    if s.gpus_per_replica <= 1:
-        opts["ray_actor_options"] = {"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica}
-    else:  # the design for sequence-parallel replicas (see check_supported)
-        opts["placement_group_bundles"] = [{"CPU": s.cpus_per_replica, "GPU": 1}] * s.gpus_per_replica
-        opts["placement_group_strategy"] = "STRICT_PACK"
+    # A parallel replica's workers are its child processes: it holds all their GPUs (see the module doc).
+    opts["ray_actor_options"] = {"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica}
     return opts
 
 

@@ -38,9 +38,14 @@ class ServeSettings:
     job_store: str | None = None  # None = sqlite under data_dir; or postgresql://... for several nodes
     api_key: str | None = None  # bearer token required on /v1/* when set
     device: str | None = None  # cpu | cuda | cuda:N; None = cuda if available
-    replicas: int = 1  # generator replicas (each holds a Pipeline)
+    replicas: int = 1  # generator replicas (each holds a Pipeline, or a worker group when parallel)
     cpus_per_replica: float = 1.0
-    gpus_per_replica: int = 0  # 0 = CPU; 1 = one GPU; >1 reserved for the sequence-parallel group (not built yet)
+    gpus_per_replica: int = 0  # 0 = CPU; 1 = one GPU; K > 1 = one GPU per worker of a parallel replica
+    # A parallel replica: ulysses x ring x (2 if cfg_parallel) worker processes running one generation
+    # together (omnidit/parallel WorkerGroup); gloo on CPU, NCCL with gpus_per_replica equal to that product.
+    ulysses_degree: int = 1
+    ring_degree: int = 1
+    cfg_parallel: bool = False
     ingress_replicas: int = 1
     max_batch_size: int = 8  # image requests per @serve.batch call; 1 turns batching off
     batch_wait_s: float = 0.02  # how long a batch waits to fill
@@ -65,7 +70,8 @@ class ServeSettings:
         self.retention_s = parse_duration(self.retention_s, "retention")
         for name, low in (("replicas", 1), ("ingress_replicas", 1), ("max_batch_size", 1), ("max_batch_images", 1),
                           ("max_pending_images", 1), ("max_queued_jobs", 1), ("max_images", 1), ("max_steps", 1),
-                          ("max_prompt_chars", 1), ("max_attempts", 1), ("gpus_per_replica", 0)):
+                          ("max_prompt_chars", 1), ("max_attempts", 1), ("gpus_per_replica", 0),
+                          ("ulysses_degree", 1), ("ring_degree", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
@@ -74,6 +80,8 @@ class ServeSettings:
             zero_ok = name in ("cpus_per_replica", "batch_wait_s")
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (v == 0 and not zero_ok):
                 raise ValueError(f"{name} must be a number {'>=' if zero_ok else '>'} 0, got {v!r}")
+        if not isinstance(self.cfg_parallel, bool):
+            raise ValueError(f"cfg_parallel must be true or false, got {self.cfg_parallel!r}")
         if self.max_batch_images < self.max_images:
             raise ValueError(f"max_batch_images ({self.max_batch_images}) must be >= max_images ({self.max_images})")
         if self.job_store is not None and not self.job_store.startswith(("sqlite:///", "postgresql://", "postgres://")):
@@ -95,6 +103,11 @@ class ServeSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def workers_per_replica(self) -> int:
+        """Processes of one replica's worker group (1 = a plain Pipeline in the replica itself)."""
+        return self.ulysses_degree * self.ring_degree * (2 if self.cfg_parallel else 1)
 
     @property
     def data_path(self) -> Path:

@@ -11,7 +11,7 @@ import time
 
 
 def add_serve(sub) -> None:
-    from omnidit.cli_parallel import _degree
+    from omnidit.cli import positive_int
     from omnidit.serving.settings import ServeSettings
 
     d = ServeSettings()
@@ -31,9 +31,9 @@ def add_serve(sub) -> None:
                         "else 0)")
     g = p.add_argument_group("parallel replicas (K = U x R x (2 if --cfg-parallel) worker processes per replica; "
                              "one GPU each with CUDA, else gloo on CPU)")
-    g.add_argument("--ulysses-degree", type=_degree("--ulysses-degree"), default=1,
+    g.add_argument("--ulysses-degree", type=positive_int("--ulysses-degree"), default=1,
                    help="split each video's tokens U ways with all-to-all over heads (U must divide the heads)")
-    g.add_argument("--ring-degree", type=_degree("--ring-degree"), default=1,
+    g.add_argument("--ring-degree", type=positive_int("--ring-degree"), default=1,
                    help="split each video's tokens R ways with ring attention")
     g.add_argument("--cfg-parallel", action="store_true",
                    help="conditional and unconditional branches on different workers (2x the workers)")

@@ -9,6 +9,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -63,6 +64,12 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 # -- images -------------------------------------------------------------------------------------
 
+def _pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
 def test_images_b64_default_size_and_seeds(env):
     client, *_ = env
     r = client.post("/v1/images/generations", json={"prompt": "a red circle", "n": 2, "seed": 11}, headers=AUTH)
@@ -73,7 +80,9 @@ def test_images_b64_default_size_and_seeds(env):
     assert all(_png_size(p) == (32, 32) for p in pngs)  # the model's default size
     assert pngs[0] != pngs[1]
     again = client.post("/v1/images/generations", json={"prompt": "a red circle", "seed": 11}, headers=AUTH)
-    assert base64.b64decode(again.json()["data"][0]["b64_json"]) == pngs[0]  # same seed, same image
+    # Same seed, same image: alone vs in a batch of 2 agree up to float rounding (1/255).
+    alone = _pixels(base64.b64decode(again.json()["data"][0]["b64_json"]))
+    assert np.abs(alone.astype(int) - _pixels(pngs[0]).astype(int)).max() <= 1
 
 
 def test_images_url_served_by_id_only(env):

@@ -96,10 +96,27 @@ def start(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
                      configure_logging=False, log_to_driver=log_to_driver)
         else:
             ray.init(address=address, configure_logging=False, log_to_driver=log_to_driver)
-    serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": True})
+    _start_serve(host, port)
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{shown}:{port}"
+
+
+def _start_serve(host: str, port: int, attempts: int = 3) -> None:
+    """serve.start, retried: right after a serve.shutdown() the old HTTP proxy may still be
+    going away, and the new one is then cancelled before it runs (ActorDiedError)."""
+    import time
+
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": True})
+            return
+        except ray.exceptions.ActorDiedError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(2.0 * (attempt + 1))
 
 
 def stop(*, embedded: bool = True) -> None:

@@ -1,0 +1,51 @@
+"""`omnidit up` (the README's main command): service + demo together, both URLs printed, Ctrl-C stops both."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from fake_api import free_port
+from live_api import _env, _stop, serve_unavailable_reason
+from tiny_models import make_tiny_model_dir
+
+pytestmark = pytest.mark.slow
+
+
+def test_up_starts_service_and_demo_and_stops_both(tmp_path):
+    if (why := serve_unavailable_reason()) is not None:
+        pytest.skip(why)
+    model = make_tiny_model_dir(tmp_path / "model")
+    api_port, demo_port = free_port(), free_port()
+    log = tmp_path / "up.log"
+    cmd = [sys.executable, "-m", "omnidit", "up", "--model", str(model), "--port", str(api_port),
+           "--demo-port", str(demo_port), "--data-dir", str(tmp_path / "data")]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while f"demo: http://127.0.0.1:{demo_port}" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        assert f"API:  http://127.0.0.1:{api_port}" in log.read_text()
+        assert httpx.get(f"http://127.0.0.1:{api_port}/v1/models", timeout=30).status_code == 200
+        while True:  # the demo prints its URL as it starts; give gradio a moment to bind
+            try:
+                page = httpx.get(f"http://127.0.0.1:{demo_port}/", timeout=30)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+        assert page.status_code == 200 and "gradio" in page.text.lower()
+        os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
+        assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=5)
+    finally:
+        _stop(proc)

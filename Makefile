@@ -36,4 +36,5 @@ train-shapes: install
 	$(VENV)/bin/omnidit train cache --vae runs/shapes/vae/vae --out runs/shapes/cache --images 8192 --videos 0
 	$(VENV)/bin/omnidit train cache --vae runs/shapes/vae/vae --out runs/shapes/cache --images 0 --videos 512 &
 	$(VENV)/bin/omnidit train dit --vae runs/shapes/vae/vae --cache runs/shapes/cache --out runs/shapes/dit --minutes 70
-	$(VENV)/bin/omnidit train export --checkpoint runs/shapes/dit/checkpoint.pt --vae runs/shapes/vae/vae --out omnidit/models/shapes
+	$(VENV)/bin/omnidit train vae --out runs/shapes/vae-dec --init-from runs/shapes/vae/vae --decoder-only --minutes 28 --lr 1e-3 --clip-every 3
+	$(VENV)/bin/omnidit train export --checkpoint runs/shapes/dit/checkpoint.pt --vae runs/shapes/vae-dec/vae --out omnidit/models/shapes --weights raw

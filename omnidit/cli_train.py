@@ -48,6 +48,8 @@ def add_train(sub) -> None:
     e.add_argument("--checkpoint", default="runs/shapes/dit/checkpoint.pt")
     e.add_argument("--vae", default="runs/shapes/vae/vae")
     e.add_argument("--out", default="omnidit/models/shapes")
+    e.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                   help="the EMA weights (default) or the raw ones (better after a short run, while EMA lags)")
     e.set_defaults(func=cmd_train_export)
 
 
@@ -99,5 +101,6 @@ def cmd_train_export(args) -> int:
 
     if not Path(args.checkpoint).is_file():
         raise UserError(f"--checkpoint {args.checkpoint!r} does not exist")
-    print(export_model(Path(args.checkpoint), Path(args.vae), Path(args.out), sampling=SHAPES_SAMPLING))
+    print(export_model(Path(args.checkpoint), Path(args.vae), Path(args.out), sampling=SHAPES_SAMPLING,
+                       use_ema=args.weights == "ema"))
     return 0

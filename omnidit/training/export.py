@@ -34,6 +34,7 @@ def export_model(checkpoint: Path, vae_dir: Path, out: Path, *, sampling: dict,
         "omnidit": {
             "sampling": PipelineConfig.from_dict(sampling).to_dict(),
             "trained_steps": ck["step"],
+            "weights": "ema" if use_ema else "raw",
         },
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")

@@ -43,6 +43,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output path: .png for one frame, .mp4 or .gif for video")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--attention-backend", default=None,
+                   help="sdpa, flash_attn or xformers (default: $OMNIDIT_ATTENTION_BACKEND, else the model's)")
     from omnidit.cli_parallel import add_parallel_args
 
     add_parallel_args(p)
@@ -73,6 +75,8 @@ def cmd_generate(args) -> int:
         try:
             pipe = Pipeline.from_pretrained(args.model, device=parallel.device if parallel else device,
                                             parallel=parallel)
+            if args.attention_backend is not None:
+                pipe.dit.set_attention_backend(args.attention_backend)
             req = pipe.check(frames=args.frames, height=args.height, width=args.width, steps=args.steps,
                              guidance=args.guidance, negative_prompt=args.negative_prompt)
         except ValueError as e:

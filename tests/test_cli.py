@@ -52,6 +52,7 @@ def test_same_seed_same_png(model, tmp_path):
     (["--out", "x.bmp"], "--out"),
     (["--device", "tpu"], "--device"),
     (["--seed", "abc"], "--seed"),
+    (["--attention-backend", "magic"], "attention"),
 ])
 def test_bad_arguments_exit_2_in_one_line(model, tmp_path, args, needle):
     r = run("generate", "a red circle on a black background", "--model", str(model), *args, cwd=tmp_path)

@@ -19,11 +19,14 @@ if TYPE_CHECKING:  # torch stays unimported until a command runs: `omnidit --hel
     from omnidit.parallel import ParallelConfig, ParallelRuntime
 
 
-def add_parallel_args(parser: argparse.ArgumentParser) -> None:
+def add_parallel_args(
+    parser: argparse.ArgumentParser,
+    title: str = "multi-process (under torchrun --nproc-per-node U*R*(2 if --cfg-parallel))",
+) -> None:
+    """--ulysses-degree U, --ring-degree R, --cfg-parallel (shared by `generate` and `serve`)."""
     from omnidit.cli import positive_int
 
-    """--ulysses-degree U, --ring-degree R, --cfg-parallel."""
-    g = parser.add_argument_group("multi-process (under torchrun --nproc-per-node U*R*(2 if --cfg-parallel))")
+    g = parser.add_argument_group(title)
     g.add_argument("--ulysses-degree", type=positive_int("--ulysses-degree"), default=1,
                    help="split the video tokens U ways with all-to-all over heads (U must divide the heads)")
     g.add_argument("--ring-degree", type=positive_int("--ring-degree"), default=1,

@@ -11,7 +11,7 @@ import time
 
 
 def add_serve(sub) -> None:
-    from omnidit.cli import positive_int
+    from omnidit.cli_parallel import add_parallel_args
     from omnidit.serving.settings import ServeSettings
 
     d = ServeSettings()
@@ -29,14 +29,8 @@ def add_serve(sub) -> None:
     p.add_argument("--gpus-per-replica", type=int, default=None,
                    help="GPUs per generator replica (default: 1 with CUDA, else 0; a parallel replica: K with CUDA, "
                         "else 0)")
-    g = p.add_argument_group("parallel replicas (K = U x R x (2 if --cfg-parallel) worker processes per replica; "
-                             "one GPU each with CUDA, else gloo on CPU)")
-    g.add_argument("--ulysses-degree", type=positive_int("--ulysses-degree"), default=1,
-                   help="split each video's tokens U ways with all-to-all over heads (U must divide the heads)")
-    g.add_argument("--ring-degree", type=positive_int("--ring-degree"), default=1,
-                   help="split each video's tokens R ways with ring attention")
-    g.add_argument("--cfg-parallel", action="store_true",
-                   help="conditional and unconditional branches on different workers (2x the workers)")
+    add_parallel_args(p, "parallel replicas (K = U x R x (2 if --cfg-parallel) worker processes per replica; "
+                         "one GPU each with CUDA, else gloo on CPU)")
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="image requests per batch; 1 = no batching")
     p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_s * 1000, help="how long a batch waits to fill")
     p.add_argument("--max-pending-images", type=int, default=d.max_pending_images,

@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     from omnidit.cli_batch import add_batch
     from omnidit.cli_demo import add_demo
+    from omnidit.cli_distill import add_distill
     from omnidit.cli_eval import add_eval
     from omnidit.cli_serve import add_serve
     from omnidit.cli_train import add_train
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch(sub)
     add_train(sub)
     add_eval(sub)
+    add_distill(sub)
     return parser
 
 

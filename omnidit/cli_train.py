@@ -16,6 +16,9 @@ def add_train(sub) -> None:
     v.add_argument("--lr", type=float, default=5e-4)
     v.add_argument("--object-weight", type=float, default=10.0, help="loss weight of object pixels vs background")
     v.add_argument("--clip-every", type=int, default=1, help="train on a video clip every Nth step")
+    v.add_argument("--images-per-step", type=int, default=12)
+    v.add_argument("--clips-per-step", type=int, default=1)
+    v.add_argument("--workers", type=int, default=0, help="processes rendering scenes ahead (0: in this process)")
     v.add_argument("--init-from", default=None, help="start from this saved VAE folder")
     v.add_argument("--decoder-only", action="store_true",
                    help="fine-tune the decoder only (keeps the latent space the DiT was trained on)")
@@ -40,7 +43,13 @@ def add_train(sub) -> None:
     d.add_argument("--lr", type=float, default=3e-4)
     d.add_argument("--image-batch", type=int, default=32)
     d.add_argument("--video-batch", type=int, default=8)
+    d.add_argument("--video-every", type=int, default=3, help="one video batch after every N image batches")
+    d.add_argument("--data", choices=("cache", "online"), default="cache",
+                   help="cache: the chunks `train cache` wrote; online: render + encode every batch (GPU machines)")
+    d.add_argument("--workers", type=int, default=4, help="--data online: rendering processes per stream")
+    d.add_argument("--text-encoder", default=None, help="a sentence-encoder folder (default: the packaged MiniLM)")
     d.add_argument("--eval-every", type=int, default=1000)
+    d.add_argument("--eval-n", type=int, default=32)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_train_dit)
 
@@ -58,7 +67,9 @@ def cmd_train_vae(args) -> int:
 
     train_vae(VAETrainConfig(out=args.out, max_minutes=args.minutes, max_steps=args.steps, seed=args.seed,
                              lr=args.lr, clip_every=args.clip_every, init_from=args.init_from,
-                             decoder_only=args.decoder_only, object_weight=args.object_weight))
+                             decoder_only=args.decoder_only, object_weight=args.object_weight,
+                             images_per_step=args.images_per_step, clips_per_step=args.clips_per_step,
+                             workers=args.workers))
     return 0
 
 
@@ -84,12 +95,15 @@ def cmd_train_dit(args) -> int:
     from omnidit.training.dit_train import DiTTrainConfig, train_dit
 
     cache = Path(args.cache)
-    if not (cache / "images").is_dir():
+    if not Path(args.vae, "config.json").is_file():
+        raise UserError(f"--vae {args.vae!r} is not a trained VAE folder (run `omnidit train vae` first)")
+    if args.data == "cache" and not (cache / "images").is_dir():
         raise UserError(f"--cache {args.cache!r} has no images/ (run `omnidit train cache` first)")
     train_dit(DiTTrainConfig(
         out=args.out, vae=args.vae, image_cache=str(cache / "images"), video_cache=str(cache / "videos"), max_minutes=args.minutes, max_steps=args.steps,
         lr=args.lr, image_batch=args.image_batch, video_batch=args.video_batch, eval_every=args.eval_every,
-        seed=args.seed,
+        eval_n=args.eval_n, seed=args.seed, data=args.data, workers=args.workers, text_encoder=args.text_encoder,
+        video_every=args.video_every,
     ))
     return 0
 

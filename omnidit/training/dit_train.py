@@ -25,6 +25,10 @@ class DiTTrainConfig:
     image_cache: str = "runs/shapes/cache/images"
     video_cache: str | None = "runs/shapes/cache/videos"
     preset: str = "shapes"
+    data: str = "cache"  # "cache": pre-encoded chunks; "online": render + encode every batch (GPU boxes)
+    text_encoder: str | None = None  # a sentence-encoder folder (default: the packaged MiniLM)
+    video_frames: int = 17  # online data only
+    workers: int = 4  # online data only: rendering processes per stream
     image_batch: int = 32
     video_batch: int = 8
     video_every: int = 3  # one video batch after every N image batches
@@ -53,7 +57,7 @@ def sample_sigmas(b: int, gen: torch.Generator) -> torch.Tensor:
 def flow_loss(model, x0, text, mask, pooled, null, gen: torch.Generator, dropout: float) -> torch.Tensor:
     """MSE between predicted and true velocity (noise - x0) at x_t = (1 - s) x0 + s noise."""
     b = x0.shape[0]
-    drop = torch.rand(b, generator=gen) < dropout
+    drop = (torch.rand(b, generator=gen) < dropout).to(x0.device)
     if drop.any():
         text, mask, pooled = text.clone(), mask.clone(), pooled.clone()
         text[drop], mask[drop], pooled[drop] = null[0].to(text), null[1].to(mask), null[2].to(pooled)
@@ -70,7 +74,6 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
 
     from omnidit.dit import DiT, preset
     from omnidit.tokenizers import load_text_encoder
-    from omnidit.training.latent_cache import LatentCache
 
     out = Path(cfg.out)
     acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
@@ -93,16 +96,16 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
         step = ck["step"]
         acc.print(f"resumed DiT training at step {step}")
     model, opt = acc.prepare(model, opt)
+    ema.model.to(acc.device)
 
-    images = LatentCache(Path(cfg.image_cache))
-    if not len(images):
-        raise ValueError(f"no cached images in {cfg.image_cache}; run `omnidit train cache` first")
-    videos = LatentCache(Path(cfg.video_cache)) if cfg.video_cache and Path(cfg.video_cache).is_dir() else None
-    text_encoder = load_text_encoder({"kind": "sentence"})
-    e = text_encoder.encode([""])
+    spec = {"kind": "sentence", **({"path": str(Path(cfg.text_encoder).resolve())} if cfg.text_encoder else {})}
+    text_encoder = load_text_encoder(spec, device=acc.device)
+    images, videos = _open_data(cfg, acc.device, text_encoder, start=step)
+    e = text_encoder.encode([""], device="cpu")
     null = (e.hidden_states[0], e.attention_mask[0], e.pooled[0])
-    acc.print(f"DiT {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; "
-              f"{len(images)} images, {len(videos) if videos else 0} videos cached")
+    data = ("rendered on the fly" if cfg.data == "online" else
+            f"{len(images)} images, {len(videos) if videos else 0} videos cached")
+    acc.print(f"DiT {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params on {acc.device}; data: {data}")
 
     budget = Budget(cfg.max_steps, cfg.max_minutes)
     bar = tqdm(desc="dit", unit="step", initial=step, disable=not acc.is_local_main_process)
@@ -127,7 +130,7 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
         opt.step()
         ema.update(acc.unwrap_model(model), step)
         step += 1
-        run_loss = float(loss) if run_loss is None else 0.98 * run_loss + 0.02 * float(loss)
+        run_loss = float(loss.detach()) if run_loss is None else 0.98 * run_loss + 0.02 * float(loss.detach())
         bar.update(1)
         bar.set_postfix(loss=f"{run_loss:.4f}")
         last = budget.done(step)
@@ -144,6 +147,26 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
     return out
 
 
+def _open_data(cfg: DiTTrainConfig, device: torch.device, text_encoder, *, start: int):
+    """(images, videos) sources with `batch(gen, b)` and `refresh()`; videos may be None."""
+    from omnidit.training.latent_cache import LatentCache
+    from omnidit.training.shapes_stream import OnlineLatents
+
+    if cfg.data == "online":
+        def stream(batch, frames, salt):
+            return OnlineLatents(Path(cfg.vae), text_encoder, batch=batch, frames=frames, device=device,
+                                 seed=cfg.seed + salt, start=start, workers=cfg.workers)
+        videos = stream(cfg.video_batch, cfg.video_frames, 1) if cfg.video_batch and cfg.video_every else None
+        return stream(cfg.image_batch, 1, 0), videos
+    if cfg.data != "cache":
+        raise ValueError(f"data must be 'cache' or 'online', got {cfg.data!r}")
+    images = LatentCache(Path(cfg.image_cache))
+    if not len(images):
+        raise ValueError(f"no cached images in {cfg.image_cache}; run `omnidit train cache` first")
+    videos = LatentCache(Path(cfg.video_cache)) if cfg.video_cache and Path(cfg.video_cache).is_dir() else None
+    return images, videos
+
+
 @torch.no_grad()
 def quick_eval(dit, vae_dir: Path, text_encoder, *, n: int, seed: int, steps: int = 20) -> dict:
     """Adherence of the EMA model on `n` image prompts: a training-time health check."""
@@ -153,7 +176,8 @@ def quick_eval(dit, vae_dir: Path, text_encoder, *, n: int, seed: int, steps: in
     from omnidit.tokenizers import VideoVAE
 
     cfg = PipelineConfig(**SHAPES_SAMPLING)
-    pipe = Pipeline(dit.eval(), VideoVAE.from_pretrained(vae_dir), text_encoder, cfg, name="training")
+    device = next(dit.parameters()).device
+    pipe = Pipeline(dit.eval(), VideoVAE.from_pretrained(vae_dir, device=device), text_encoder, cfg, name="training")
     return eval_pipeline(pipe, eval_prompts(n, seed=seed, video=False), steps=steps, seed=seed)["scores"]
 
 

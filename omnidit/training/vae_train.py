@@ -40,6 +40,8 @@ class VAETrainConfig:
     max_minutes: float | None = 15.0
     checkpoint_every: int = 100
     seed: int = 0
+    workers: int = 0  # DataLoader processes rendering scenes ahead (0 = render in this process)
+    eval_n: int = 128  # scenes in the final reconstruction check (images; videos get a quarter)
     # Decoder-only fine-tuning: the encoder (so the latent space the DiT learned) stays fixed.
     decoder_only: bool = False
     init_from: str | None = None  # a saved VAE folder to start from
@@ -51,36 +53,41 @@ def make_vae():
     return AutoencoderKLHunyuanVideo(**SHAPES_VAE_CONFIG)
 
 
-def to_video_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 `[B, F, H, W, 3]` -> float `[B, 3, F, H, W]` in [-1, 1]."""
-    return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+def to_video_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 `[B, F, H, W, 3]` (numpy or tensor, any device) -> float `[B, 3, F, H, W]` in [-1, 1]."""
+    t = torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames
+    return t.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
 
 
 def _loss(vae, x: torch.Tensor, cfg: VAETrainConfig) -> tuple[torch.Tensor, dict]:
     with torch.set_grad_enabled(not cfg.decoder_only):
         post = vae.encode(x).latent_dist
         z = post.sample()
-    rec = vae.decode(z).sample  # [B, 3, F, H, W]
+    rec = vae.decode(z).sample.float()  # [B, 3, F, H, W]
     # Object pixels differ from the frame's corner colour (the background); weight them up.
     bg = x[:, :, :, :1, :1]
     obj = ((x - bg).abs().amax(1, keepdim=True) > 0.05).float()
     w = 1.0 + cfg.object_weight * obj
     l1 = (w * (rec - x).abs()).mean()
-    kl = post.kl().mean() / x[0].numel()
-    return l1 + cfg.kl_weight * kl, {"l1": float((rec - x).abs().mean()), "kl": float(kl)}
+    kl = post.kl().float().mean() / x[0].numel()
+    return l1 + cfg.kl_weight * kl, {"l1": float((rec - x).abs().mean().detach()), "kl": float(kl.detach())}
 
 
 def train_vae(cfg: VAETrainConfig) -> Path:
     from omnidit.shapes.world import random_batch
 
+    from omnidit.training.shapes_stream import stream_batches
+
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.init_from:
         from diffusers import AutoencoderKLHunyuanVideo
 
         vae = AutoencoderKLHunyuanVideo.from_pretrained(cfg.init_from).float().train()
     else:
         vae = make_vae().train()
+    vae.to(device)
     params = list(vae.parameters())
     if cfg.decoder_only:
         vae.encoder.requires_grad_(False)
@@ -88,14 +95,18 @@ def train_vae(cfg: VAETrainConfig) -> Path:
         params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     step = 0
-    rng = np.random.default_rng(cfg.seed)
     ck = load_checkpoint(out / "checkpoint.pt")
     if ck is not None:
         vae.load_state_dict(ck["vae"])
         opt.load_state_dict(ck["opt"])
         step = ck["step"]
-        rng.bit_generator.state = ck["rng"]
         print(f"resumed VAE training at step {step}")
+    # A resumed run draws new scenes (the stream is seeded by the start step), not a replay.
+    images = stream_batches(cfg.images_per_step, frames=1, size=cfg.size, seed=cfg.seed, start=step,
+                            workers=cfg.workers)
+    clips = stream_batches(cfg.clips_per_step, frames=cfg.clip_frames, size=cfg.size, seed=cfg.seed,
+                           start=step, workers=cfg.workers) if cfg.clips_per_step else None
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     budget = Budget(cfg.max_steps, cfg.max_minutes)
     bar = tqdm(desc="vae", unit="step", initial=step)
     t0 = time.time()
@@ -104,13 +115,12 @@ def train_vae(cfg: VAETrainConfig) -> Path:
         lr = cfg.lr * min(1.0, (step + 1) / 100) * (0.55 + 0.45 * math.cos(math.pi * budget.fraction(step)))
         for g in opt.param_groups:
             g["lr"] = lr
-        _, img, _ = random_batch(rng, cfg.images_per_step, frames=1, size=cfg.size)
-        loss, logs = _loss(vae, to_video_tensor(img), cfg)
-        if cfg.clips_per_step and step % cfg.clip_every == 0:
-            _, vid, _ = random_batch(rng, cfg.clips_per_step, frames=cfg.clip_frames, size=cfg.size)
-            vloss, vlogs = _loss(vae, to_video_tensor(vid), cfg)
-            loss = loss + vloss
-            logs["video_l1"] = vlogs["l1"]
+        with autocast:
+            loss, logs = _loss(vae, to_video_tensor(next(images)[1].to(device)), cfg)
+            if clips is not None and step % cfg.clip_every == 0:
+                vloss, vlogs = _loss(vae, to_video_tensor(next(clips)[1].to(device)), cfg)
+                loss = loss + vloss
+                logs["video_l1"] = vlogs["l1"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -120,14 +130,22 @@ def train_vae(cfg: VAETrainConfig) -> Path:
         bar.set_postfix(l1=f"{logs['l1']:.4f}")
         if step % cfg.checkpoint_every == 0 or budget.done(step):
             save_checkpoint(out / "checkpoint.pt", vae=vae.state_dict(), opt=opt.state_dict(),
-                            step=step, rng=rng.bit_generator.state, config=asdict(cfg))
-            log_metrics(out / "metrics.jsonl", {"step": step, "loss": float(loss), **logs,
+                            step=step, config=asdict(cfg))
+            log_metrics(out / "metrics.jsonl", {"step": step, "loss": float(loss.detach()), **logs,
                                                  "seconds": round(time.time() - t0, 1)})
     bar.close()
+    vae.cpu()
     if cfg.decoder_only:  # keep the scaling factor: the latent space is unchanged
         vae.eval().save_pretrained(out / "vae")
-        return out / "vae"
-    return export_vae(vae, out / "vae", size=cfg.size, seed=cfg.seed)
+    else:
+        export_vae(vae, out / "vae", size=cfg.size, seed=cfg.seed)
+    psnr = reconstruction_psnr(out / "vae", size=cfg.size, n=cfg.eval_n)
+    ceiling = {f: reconstruction_adherence(out / "vae", frames=f, n=cfg.eval_n if f == 1 else max(1, cfg.eval_n // 4),
+                                           size=cfg.size) for f in (1, 17)}
+    log_metrics(out / "metrics.jsonl", {"step": step, "psnr": round(psnr, 2), "reconstruction_adherence": ceiling})
+    print(f"VAE reconstruction: {psnr:.2f} dB PSNR; evaluator on reconstructions: images {ceiling[1]}, "
+          f"17-frame videos {ceiling[17]}")
+    return out / "vae"
 
 
 @torch.no_grad()
@@ -158,3 +176,18 @@ def reconstruction_psnr(vae_dir: Path, *, frames: int = 1, n: int = 64, size: in
     rec = torch.cat([vae.decode(vae.encode(x[i:i + 16]).latent_dist.mode()).sample for i in range(0, n, 16)])
     mse = float(((rec.clamp(-1, 1) - x) / 2).pow(2).mean())
     return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+@torch.no_grad()
+def reconstruction_adherence(vae_dir: Path, *, frames: int = 1, n: int = 128, size: int = 64, seed: int = 321,
+                             device: str | torch.device = "cpu") -> dict:
+    """Evaluator scores of encode->decode on fresh scenes: the ceiling any DiT on this VAE can reach."""
+    from omnidit.shapes.evaluate import evaluate_many
+    from omnidit.shapes.world import random_batch
+    from omnidit.tokenizers import VideoVAE, frames_to_uint8
+
+    vae = VideoVAE.from_pretrained(vae_dir, device=device)
+    _, vid, specs = random_batch(np.random.default_rng(seed), n, frames=frames, size=size)
+    x = to_video_tensor(vid)
+    rec = torch.cat([frames_to_uint8(vae.decode(vae.encode(x[i:i + 32]))).cpu() for i in range(0, n, 32)])
+    return evaluate_many(zip(rec.numpy(), specs))

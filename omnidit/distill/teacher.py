@@ -1,0 +1,50 @@
+"""A distillation teacher: a model folder's DiT (frozen), VAE folder, text encoder and sampling defaults."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Teacher:
+    name: str
+    model_dir: Path
+    index: dict  # the folder's model_index.json
+    dit: torch.nn.Module  # frozen, eval mode
+    text_encoder: object
+    config: object  # PipelineConfig: steps, shift, guidance scale and mode
+
+    @property
+    def vae_dir(self) -> Path:
+        return self.model_dir / "vae"
+
+    def text(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        e = self.text_encoder.encode(prompts, device=device)
+        return e.hidden_states, e.attention_mask, e.pooled
+
+
+def load_teacher(name_or_dir: str, *, device: torch.device, text_encoder: str | None = None) -> Teacher:
+    """Load `name_or_dir` (a shipped model name or a folder) in fp32 on `device`.
+
+    `text_encoder` overrides the folder's sentence encoder with a local copy (e.g. the packed
+    MiniLM on a machine without the weights package)."""
+    from omnidit.dit import DiT
+    from omnidit.pipeline import MODELS_DIR, resolve_model
+    from omnidit.pipeline_config import read_pipeline_config
+    from omnidit.tokenizers import load_text_encoder
+
+    model_dir = resolve_model(name_or_dir)
+    index = json.loads((model_dir / "model_index.json").read_text())
+    dit = DiT.from_pretrained(model_dir / "transformer", dtype=torch.float32, device=device)
+    dit.eval().requires_grad_(False)
+    if text_encoder:
+        te = load_text_encoder({"kind": "sentence", "path": str(Path(text_encoder).resolve())}, device=device)
+    else:
+        te = load_text_encoder(model_dir, device=device)
+    config = read_pipeline_config(model_dir, index, dit.config.guidance_embeds)
+    name = model_dir.name if model_dir.parent == MODELS_DIR else str(model_dir)
+    return Teacher(name, model_dir, index, dit, te, config)

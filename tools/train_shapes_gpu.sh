@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Train the embedded shapes model on one GPU machine: the commands that made omnidit/models/shapes.
+#
+#   bash tools/train_shapes_gpu.sh vae MINUTES      # the causal video VAE
+#   bash tools/train_shapes_gpu.sh dit MINUTES      # the DiT on scenes rendered on the fly (resumes)
+#   bash tools/train_shapes_gpu.sh pack DIR         # export EMA + raw weights, tar them into DIR in 15 MB parts
+#
+# Each stage resumes from its checkpoint under $RUN. TE is a sentence-encoder folder: the packaged
+# MiniLM by default; tools/pack_text_encoder.py writes a 21 MB copy that travels to a machine
+# with no network. The CPU recipe is `make train-shapes`.
+set -euo pipefail
+RUN=${RUN:-runs/gpu}
+TE=${TE:-.carry/minilm}
+WORKERS=${WORKERS:-6}
+stage=$1
+case "$stage" in
+  vae)
+    python3 -m omnidit train vae --out "$RUN/vae" --minutes "$2" --lr 2e-3 --images-per-step 64 \
+      --clips-per-step 8 --workers "$WORKERS" ;;
+  dit)
+    python3 -m omnidit train dit --data online --vae "$RUN/vae/vae" --out "$RUN/dit" --minutes "$2" \
+      --lr 6e-4 --image-batch 256 --video-batch 32 --video-every 3 --workers "$WORKERS" \
+      --text-encoder "$TE" --eval-every 1000 --eval-n 64 ;;
+  pack)
+    out=$2
+    for w in ema raw; do
+      python3 -m omnidit train export --checkpoint "$RUN/dit/checkpoint.pt" --vae "$RUN/vae/vae" \
+        --out "$RUN/export-$w" --weights "$w"
+    done
+    cp "$RUN/dit/metrics.jsonl" "$RUN/export-ema/dit-metrics.jsonl"
+    cp "$RUN/vae/metrics.jsonl" "$RUN/export-ema/vae-metrics.jsonl"
+    tar -C "$RUN" -cf - export-ema export-raw | split -b 15m - "$out/model.tar.part-" ;;
+  *)
+    echo "usage: $0 vae MINUTES | dit MINUTES | pack DIR" >&2; exit 2 ;;
+esac

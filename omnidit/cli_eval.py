@@ -17,6 +17,9 @@ def add_eval(sub) -> None:
     p.add_argument("--seed", type=int, default=1000, help="seed of the prompt list and of the noise")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--teacher", default=None,
+                   help="compare --model (a distilled student) with this teacher: the teacher at its default steps, "
+                        "the teacher at --steps, the student at --steps; paired PSNR/SSIM, diversity, speed")
     p.add_argument("--json", default=None, help="also write the results here")
     p.set_defaults(func=cmd_eval)
 
@@ -31,6 +34,7 @@ def cmd_eval(args) -> int:
         raise UserError(f"--n must be >= 1, got {args.n}")
     try:
         pipe = Pipeline.from_pretrained(args.model, device="cpu")
+        teacher = Pipeline.from_pretrained(args.teacher, device="cpu") if args.teacher else None
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.prompts:
@@ -48,6 +52,8 @@ def cmd_eval(args) -> int:
         images = eval_prompts(args.n, seed=args.seed, video=False)
         n_videos = args.n // 4 if args.videos is None else args.videos
         videos = eval_prompts(n_videos, seed=args.seed + 1, video=True)
+    if teacher is not None:
+        return _compare(args, pipe, teacher, images, videos)
     common = dict(steps=args.steps, guidance=args.guidance, seed=args.seed, height=args.size, width=args.size,
                   batch_size=args.batch_size)
     try:
@@ -61,6 +67,46 @@ def cmd_eval(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def _compare(args, student, teacher, images: list[str], videos: list[str]) -> int:
+    from omnidit.cli import UserError
+    from omnidit.distill.compare import compare_models
+    from omnidit.shapes.adherence import VIDEO_FRAMES
+
+    steps = args.steps or student.config.steps
+    results = {"student": student.name, "teacher": teacher.name, "steps": steps}
+    try:
+        for kind, prompts, frames in (("images", images, 1), ("videos", videos, VIDEO_FRAMES)):
+            if prompts:
+                results[kind] = compare_models(student, teacher, prompts, frames=frames, steps=steps, seed=args.seed,
+                                               batch_size=args.batch_size)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print(format_comparison(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def format_comparison(results: dict) -> str:
+    lines = [f"student {results['student']} vs teacher {results['teacher']}"]
+    for kind in ("images", "videos"):
+        rows = results.get(kind)
+        if not rows:
+            continue
+        ref = rows["teacher_default"]
+        for name, r in rows.items():
+            keep = "  ".join(
+                f"{k} {100 * v:.1f}%" + (f" ({100 * v / ref['scores'][k]:.0f}% of teacher)"
+                                          if name != "teacher_default" and ref["scores"].get(k) else "")
+                for k, v in r["scores"].items())
+            sim = (f"  PSNR {r['psnr_vs_teacher']:.2f} dB  SSIM {r['ssim_vs_teacher']:.3f}"
+                   if "psnr_vs_teacher" in r else "")
+            lines.append(f"{kind:6s} {name:18s} steps {r['steps']:<3d} {r['seconds_per_sample']:.3f} s/sample"
+                         f"  diversity {r['diversity']:.3f}{sim}")
+            lines.append(f"       {keep}")
+    return "\n".join(lines)
 
 
 def format_results(results: dict) -> str:

@@ -3,7 +3,8 @@
 #
 #   bash tools/train_shapes_gpu.sh vae MINUTES      # the causal video VAE
 #   bash tools/train_shapes_gpu.sh dit MINUTES      # the DiT on scenes rendered on the fly (resumes)
-#   bash tools/train_shapes_gpu.sh pack DIR         # export EMA + raw weights, tar them into DIR in 15 MB parts
+#   bash tools/train_shapes_gpu.sh pack DIR         # export $WEIGHTS (ema raw) weights, tar them into DIR in 15 MB parts
+#   bash tools/train_shapes_gpu.sh preflight        # 3 steps of every stage on a random model (catches GPU-only failures)
 #
 # Each stage resumes from its checkpoint under $RUN. TE is a sentence-encoder folder: the packaged
 # MiniLM by default; tools/pack_text_encoder.py writes a 21 MB copy that travels to a machine
@@ -12,6 +13,8 @@ set -euo pipefail
 RUN=${RUN:-runs/gpu}
 TE=${TE:-.carry/minilm}
 WORKERS=${WORKERS:-6}
+WEIGHTS=${WEIGHTS:-ema raw}
+PF_BATCH=${PF_BATCH:-256}
 stage=$1
 case "$stage" in
   vae)
@@ -21,15 +24,24 @@ case "$stage" in
     python3 -m omnidit train dit --data online --vae "$RUN/vae/vae" --out "$RUN/dit" --minutes "$2" \
       --lr 6e-4 --image-batch 256 --video-batch 32 --video-every 3 --workers "$WORKERS" \
       --text-encoder "$TE" --eval-every 1000 --eval-n 64 ;;
+  preflight)
+    pf=${PF:-/tmp/omnidit-preflight}; rm -rf "$pf"
+    python3 -c "import pathlib; from omnidit.training.vae_train import make_vae, export_vae; export_vae(make_vae(), pathlib.Path('$pf/vae'), n=32)"
+    python3 -m omnidit train dit --data online --vae "$pf/vae" --out "$pf/dit" --steps 3 --image-batch "$PF_BATCH" \
+      --video-batch $((PF_BATCH / 8)) --video-every 1 --workers 2 --text-encoder "$TE" --eval-every 3 --eval-n 4
+    python3 -m omnidit train export --checkpoint "$pf/dit/checkpoint.pt" --vae "$pf/vae" --out "$pf/teacher" --weights raw
+    python3 -m omnidit distill --teacher "$pf/teacher" --data online --max-steps 3 --image-batch "$PF_BATCH" \
+      --video-batch $((PF_BATCH / 8)) --video-every 1 --workers 2 --text-encoder "$TE" --eval-every 3 --eval-n 4 \
+      --out "$pf/student" ;;
   pack)
     out=$2
-    for w in ema raw; do
+    for w in $WEIGHTS; do
       python3 -m omnidit train export --checkpoint "$RUN/dit/checkpoint.pt" --vae "$RUN/vae/vae" \
         --out "$RUN/export-$w" --weights "$w"
     done
     cp "$RUN/dit/metrics.jsonl" "$RUN/export-ema/dit-metrics.jsonl"
     cp "$RUN/vae/metrics.jsonl" "$RUN/export-ema/vae-metrics.jsonl"
-    tar -C "$RUN" -cf - export-ema export-raw | split -b 15m - "$out/model.tar.part-" ;;
+    tar -C "$RUN" -cf - $(for w in $WEIGHTS; do echo "export-$w"; done) | split -b 15m - "$out/model.tar.part-" ;;
   *)
-    echo "usage: $0 vae MINUTES | dit MINUTES | pack DIR" >&2; exit 2 ;;
+    echo "usage: $0 vae MINUTES | dit MINUTES | pack DIR | preflight" >&2; exit 2 ;;
 esac

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from omnidit.training.common import EMA, Budget, load_checkpoint, log_metrics, save_checkpoint
+from omnidit.training.common import EMA, Budget, load_checkpoint, log_metrics, reference_attention_on_cuda, save_checkpoint
 
 METHODS = ("guidance", "consistency")
 
@@ -102,6 +102,7 @@ def train_distill(cfg: DistillConfig) -> Path:
     from omnidit.training.dit_train import DiTTrainConfig, _open_data
 
     run = Path(cfg.run)
+    reference_attention_on_cuda()
     acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     torch.manual_seed(cfg.seed)
     teacher = load_teacher(cfg.teacher, device=acc.device, text_encoder=cfg.text_encoder)
@@ -164,7 +165,7 @@ def train_distill(cfg: DistillConfig) -> Path:
         step += 1
         run_loss = float(loss.detach()) if run_loss is None else 0.98 * run_loss + 0.02 * float(loss.detach())
         bar.update(1)
-        bar.set_postfix(loss=f"{run_loss:.4f}")
+        bar.set_postfix(loss=f"{run_loss:.4f}", refresh=False)
         last = budget.done(step)
         if acc.is_main_process and (step % cfg.checkpoint_every == 0 or last):
             save_checkpoint(run / "checkpoint.pt", student=acc.unwrap_model(student).state_dict(),

@@ -135,8 +135,8 @@ PRESETS: dict[str, DiTConfig] = {
     # The embedded CPU model (trained on omnidit.shapes): ~10M parameters, sized so that an
     # hour of a 2-core CPU trains it (64 video tokens per 64x64 frame after the 8x VAE).
     "shapes": DiTConfig(
-        in_channels=8,
-        out_channels=8,
+        in_channels=16,
+        out_channels=16,
         num_attention_heads=4,
         attention_head_dim=64,
         num_layers=2,

@@ -26,6 +26,17 @@ class EMA:
             e.lerp_(p.detach().float(), 1 - d)
 
 
+def reference_attention_on_cuda() -> None:
+    """Train with PyTorch's math SDPA kernel on CUDA. The small models trained here have short
+    sequences (<= ~400 tokens), where the fused kernels gain little, and a fused kernel's backward
+    hit an illegal memory access on an H100 (torch 2.11) with per-sample text padding."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        torch.backends.cuda.enable_math_sdp(True)
+
+
 def save_checkpoint(path: Path, **state) -> None:
     """Atomically write a dict of state (models' state_dicts, optimizer, step, rng) to `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)

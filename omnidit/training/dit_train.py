@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from omnidit.training.common import EMA, Budget, load_checkpoint, log_metrics, save_checkpoint
+from omnidit.training.common import EMA, Budget, load_checkpoint, log_metrics, reference_attention_on_cuda, save_checkpoint
 
 
 @dataclass
@@ -76,6 +76,7 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
     from omnidit.tokenizers import load_text_encoder
 
     out = Path(cfg.out)
+    reference_attention_on_cuda()
     acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     torch.manual_seed(cfg.seed)
     dit_cfg = preset(cfg.preset)
@@ -132,7 +133,7 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
         step += 1
         run_loss = float(loss.detach()) if run_loss is None else 0.98 * run_loss + 0.02 * float(loss.detach())
         bar.update(1)
-        bar.set_postfix(loss=f"{run_loss:.4f}")
+        bar.set_postfix(loss=f"{run_loss:.4f}", refresh=False)
         last = budget.done(step)
         if acc.is_main_process and (step % cfg.checkpoint_every == 0 or last):
             save_checkpoint(out / "checkpoint.pt", model=acc.unwrap_model(model).state_dict(),

@@ -20,6 +20,10 @@ def add_train(sub) -> None:
     v.add_argument("--clips-per-step", type=int, default=1)
     v.add_argument("--workers", type=int, default=0, help="processes rendering scenes ahead (0: in this process)")
     v.add_argument("--init-from", default=None, help="start from this saved VAE folder")
+    v.add_argument("--keep-latents-of", default=None,
+                   help="re-fit under a changed config while keeping this VAE's latent space (its encoder, frozen, "
+                        "defines the latents a DiT was trained on)")
+    v.add_argument("--norm-groups", type=int, default=None, help="override the config's norm_num_groups")
     v.add_argument("--decoder-only", action="store_true",
                    help="fine-tune the decoder only (keeps the latent space the DiT was trained on)")
     v.add_argument("--seed", type=int, default=0)
@@ -69,7 +73,8 @@ def cmd_train_vae(args) -> int:
                              lr=args.lr, clip_every=args.clip_every, init_from=args.init_from,
                              decoder_only=args.decoder_only, object_weight=args.object_weight,
                              images_per_step=args.images_per_step, clips_per_step=args.clips_per_step,
-                             workers=args.workers))
+                             workers=args.workers, keep_latents_of=args.keep_latents_of,
+                             norm_groups=args.norm_groups))
     return 0
 
 

@@ -55,3 +55,24 @@ def test_dit_training_loss_falls_and_resumes(tmp_path, capsys):
 
     ck = torch.load(tmp_path / "dit" / "checkpoint.pt", weights_only=False)
     assert ck["step"] == 45 and set(ck) >= {"model", "ema", "opt", "gen", "dit_config"}
+
+
+def test_vae_refit_keeps_the_latent_space(tmp_path):
+    """--keep-latents-of: a config change (norm groups) without moving the latents a DiT learned."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    from omnidit.training.vae_train import VAETrainConfig, train_vae
+
+    ref_dir = make_tiny_model_dir(tmp_path / "tiny") / "vae"
+    ref = AutoencoderKLHunyuanVideo.from_pretrained(ref_dir)
+    folder = train_vae(VAETrainConfig(out=str(tmp_path / "refit"), keep_latents_of=str(ref_dir), norm_groups=2,
+                                      max_steps=12, max_minutes=None, images_per_step=4, clips_per_step=0, lr=3e-3,
+                                      checkpoint_every=4, eval_n=4))
+    new = AutoencoderKLHunyuanVideo.from_pretrained(folder)
+    assert new.config.norm_num_groups == 2 and ref.config.norm_num_groups == 4
+    assert new.config.scaling_factor == ref.config.scaling_factor
+    rows = [r for r in _metrics(tmp_path / "refit" / "metrics.jsonl") if "anchor" in r]
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    assert rows[-1]["anchor"] < rows[0]["anchor"], rows  # the new encoder moves onto the old latents
+    shapes = {k: v.shape for k, v in ref.state_dict().items()}  # only the grouping differs
+    assert {k: v.shape for k, v in new.state_dict().items()} == shapes

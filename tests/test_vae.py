@@ -51,7 +51,12 @@ def test_encode_decode_shapes_and_parity(vv, ref_vae, frames):
     torch.testing.assert_close(z, ref, atol=1e-6, rtol=0)
     out = vv.decode(z)
     assert out.shape == x.shape
-    torch.testing.assert_close(out, ref_video, atol=1e-6, rtol=0)
+    # A lone CPU sample decodes beside a copy of itself (oneDNN instead of im2col conv3d, see
+    # VideoVAE.decode): the same arithmetic up to float rounding, far below one 8-bit level.
+    torch.testing.assert_close(out, ref_video, atol=1e-3, rtol=0)
+    with torch.no_grad():
+        pair = ref_vae.decode(torch.cat([z, z]) / ref_vae.config.scaling_factor).sample[:1]
+    torch.testing.assert_close(out, pair, atol=1e-6, rtol=0)  # exactly diffusers' batched decode
     assert out.abs().max() > 0.05  # the tiny VAE produces a real signal, not zeros
 
 

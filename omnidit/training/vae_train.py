@@ -14,15 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from omnidit.training.common import Budget, load_checkpoint, log_metrics, save_checkpoint
 
 # 64x64x3 -> 8x8x16 per frame (4x in time). A narrow decoder (8 channels at full resolution)
-# keeps a 17-frame decode around 0.1 s on a 2-core CPU; 16 latent channels keep small shapes.
+# keeps a 17-frame decode around 0.15 s on a 2-core CPU; 16 latent channels keep small shapes.
+# Two norm groups: with one channel per group (8 groups of 8 channels) every GroupNorm is an
+# instance norm that erases a frame's absolute colour, and the decoder cannot paint backgrounds.
 SHAPES_VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=16,
-    block_out_channels=(8, 16, 32, 64), layers_per_block=1, norm_num_groups=8,
+    block_out_channels=(8, 16, 32, 64), layers_per_block=1, norm_num_groups=2,
     spatial_compression_ratio=8, temporal_compression_ratio=4, mid_block_add_attention=True,
 )
 
@@ -47,12 +50,18 @@ class VAETrainConfig:
     # Decoder-only fine-tuning: the encoder (so the latent space the DiT learned) stays fixed.
     decoder_only: bool = False
     init_from: str | None = None  # a saved VAE folder to start from
+    # Re-fit a VAE under a changed config (e.g. norm groups) while keeping the latent space a DiT
+    # was trained on: this frozen VAE's encoder defines the latents; the new decoder learns to decode
+    # them and the new encoder learns to reproduce them.
+    keep_latents_of: str | None = None
+    norm_groups: int | None = None  # override norm_num_groups (the re-fit's config change)
+    anchor_weight: float = 1.0
 
 
-def make_vae():
+def make_vae(norm_groups: int | None = None):
     from diffusers import AutoencoderKLHunyuanVideo
 
-    return AutoencoderKLHunyuanVideo(**SHAPES_VAE_CONFIG)
+    return AutoencoderKLHunyuanVideo(**{**SHAPES_VAE_CONFIG, **({"norm_num_groups": norm_groups} if norm_groups else {})})
 
 
 def to_video_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -61,10 +70,18 @@ def to_video_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
 
 
-def _loss(vae, x: torch.Tensor, cfg: VAETrainConfig) -> tuple[torch.Tensor, dict]:
-    with torch.set_grad_enabled(not cfg.decoder_only):
+def _loss(vae, x: torch.Tensor, cfg: VAETrainConfig, ref=None) -> tuple[torch.Tensor, dict]:
+    anchor = None
+    if ref is not None:  # decode the reference's latents; pull the new encoder onto them
+        with torch.no_grad():
+            ref_post = ref.encode(x).latent_dist
+            z = ref_post.sample()
         post = vae.encode(x).latent_dist
-        z = post.sample()
+        anchor = F.mse_loss(post.mean.float(), ref_post.mean.float())
+    else:
+        with torch.set_grad_enabled(not cfg.decoder_only):
+            post = vae.encode(x).latent_dist
+            z = post.sample()
     rec = vae.decode(z).sample.float()  # [B, 3, F, H, W]
     # Object pixels differ from the frame's corner colour (the background); weight them up.
     bg = x[:, :, :, :1, :1]
@@ -72,23 +89,35 @@ def _loss(vae, x: torch.Tensor, cfg: VAETrainConfig) -> tuple[torch.Tensor, dict
     w = 1.0 + cfg.object_weight * obj
     l1 = (w * (rec - x).abs()).mean()
     kl = post.kl().float().mean() / x[0].numel()
-    return l1 + cfg.kl_weight * kl, {"l1": float((rec - x).abs().mean().detach()), "kl": float(kl.detach())}
+    logs = {"l1": float((rec - x).abs().mean().detach()), "kl": float(kl.detach())}
+    if anchor is not None:
+        logs["anchor"] = float(anchor.detach())
+        return l1 + cfg.anchor_weight * anchor, logs
+    return l1 + cfg.kl_weight * kl, logs
 
 
 def train_vae(cfg: VAETrainConfig) -> Path:
-    from omnidit.shapes.world import random_batch
-
     from omnidit.training.shapes_stream import stream_batches
 
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.init_from:
-        from diffusers import AutoencoderKLHunyuanVideo
+    from diffusers import AutoencoderKLHunyuanVideo
 
+    ref = None
+    if cfg.keep_latents_of:
+        ref = AutoencoderKLHunyuanVideo.from_pretrained(cfg.keep_latents_of).float().eval().requires_grad_(False)
+        conf = {k: v for k, v in ref.config.items() if not k.startswith("_")}
+        if cfg.norm_groups:
+            conf["norm_num_groups"] = cfg.norm_groups
+        vae = AutoencoderKLHunyuanVideo(**conf)
+        vae.load_state_dict(ref.state_dict())  # norm grouping changes no parameter shape
+        vae.train()
+        ref.to(device)
+    elif cfg.init_from:
         vae = AutoencoderKLHunyuanVideo.from_pretrained(cfg.init_from).float().train()
     else:
-        vae = make_vae().train()
+        vae = make_vae(norm_groups=cfg.norm_groups).train()
     vae.to(device)
     params = list(vae.parameters())
     if cfg.decoder_only:
@@ -118,9 +147,9 @@ def train_vae(cfg: VAETrainConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast:
-            loss, logs = _loss(vae, to_video_tensor(next(images)[1].to(device)), cfg)
+            loss, logs = _loss(vae, to_video_tensor(next(images)[1].to(device)), cfg, ref)
             if clips is not None and step % cfg.clip_every == 0:
-                vloss, vlogs = _loss(vae, to_video_tensor(next(clips)[1].to(device)), cfg)
+                vloss, vlogs = _loss(vae, to_video_tensor(next(clips)[1].to(device)), cfg, ref)
                 loss = loss + vloss
                 logs["video_l1"] = vlogs["l1"]
         opt.zero_grad(set_to_none=True)
@@ -137,7 +166,9 @@ def train_vae(cfg: VAETrainConfig) -> Path:
                                                  "seconds": round(time.time() - t0, 1)})
     bar.close()
     vae.cpu()
-    if cfg.decoder_only:  # keep the scaling factor: the latent space is unchanged
+    if cfg.decoder_only or ref is not None:  # keep the scaling factor: the latent space is unchanged
+        if ref is not None:
+            vae.register_to_config(scaling_factor=ref.config.scaling_factor)
         vae.eval().save_pretrained(out / "vae")
     else:
         export_vae(vae, out / "vae", size=cfg.size, seed=cfg.seed)

@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # torch 2.13.0: a CPU machine here takes the local CPU wheel; elsewhere PyPI's (CUDA) build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install run test bench clean train-shapes
+.PHONY: install run test bench clean train-shapes distill-shapes
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,9 +32,11 @@ clean:
 
 # The embedded model's training, stage by stage; each stage resumes when run again.
 train-shapes: install
-	$(VENV)/bin/omnidit train vae --out runs/shapes/vae --minutes 35 --lr 1.5e-3 --clip-every 3
-	$(VENV)/bin/omnidit train cache --vae runs/shapes/vae/vae --out runs/shapes/cache --images 8192 --videos 0
-	$(VENV)/bin/omnidit train cache --vae runs/shapes/vae/vae --out runs/shapes/cache --images 0 --videos 512 &
-	$(VENV)/bin/omnidit train dit --vae runs/shapes/vae/vae --cache runs/shapes/cache --out runs/shapes/dit --minutes 70
-	$(VENV)/bin/omnidit train vae --out runs/shapes/vae-dec --init-from runs/shapes/vae/vae --decoder-only --minutes 28 --lr 1e-3 --clip-every 3
-	$(VENV)/bin/omnidit train export --checkpoint runs/shapes/dit/checkpoint.pt --vae runs/shapes/vae-dec/vae --out omnidit/models/shapes --weights raw
+	$(VENV)/bin/omnidit train vae --out runs/shapes/vae --minutes 60 --lr 1.5e-3 --clip-every 3
+	$(VENV)/bin/omnidit train cache --vae runs/shapes/vae/vae --out runs/shapes/cache --images 24576 --videos 3072
+	$(VENV)/bin/omnidit train dit --vae runs/shapes/vae/vae --cache runs/shapes/cache --out runs/shapes/dit --minutes 240
+	$(VENV)/bin/omnidit train export --checkpoint runs/shapes/dit/checkpoint.pt --vae runs/shapes/vae/vae --out runs/shapes/export
+
+distill-shapes: install
+	$(VENV)/bin/omnidit distill --teacher shapes --method consistency --steps 4 --data online --workers 0 \
+		--image-batch 16 --video-batch 2 --minutes 90 --out runs/distill/shapes-turbo/model

@@ -24,6 +24,8 @@ def add_distill(sub) -> None:
     p.add_argument("--video-batch", type=int, default=8)
     p.add_argument("--video-every", type=int, default=3, help="one video batch after every N image batches (0: none)")
     p.add_argument("--workers", type=int, default=4, help="--data online: rendering processes per stream")
+    p.add_argument("--init-student", default=None,
+                   help="start the student from this exported student folder instead of the teacher")
     p.add_argument("--text-encoder", default=None, help="a local sentence-encoder folder to use instead of the teacher's")
     p.add_argument("--eval-every", type=int, default=500, help="adherence check of the student every N steps (0: off)")
     p.add_argument("--eval-n", type=int, default=32)
@@ -53,6 +55,7 @@ def cmd_distill(args) -> int:
             phases=args.phases, lr=args.lr, data=args.data, image_cache=str(cache / "images"),
             video_cache=str(cache / "videos"), image_batch=args.image_batch, video_batch=args.video_batch,
             video_every=args.video_every, workers=args.workers, text_encoder=args.text_encoder,
+            init_student=args.init_student,
             max_steps=args.max_steps, max_minutes=args.minutes if args.minutes > 0 else None,
             eval_every=args.eval_every, eval_n=args.eval_n, seed=args.seed,
         )

@@ -63,9 +63,13 @@ def cmd_eval(args) -> int:
             results["videos"] = eval_pipeline(pipe, videos, frames=VIDEO_FRAMES, **common)
     except ValueError as e:
         raise UserError(str(e)) from None
-    print(format_results(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return _report(format_results(results), results, args.json)
+
+
+def _report(text: str, results: dict, json_path: str | None) -> int:
+    print(text)
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 
@@ -83,10 +87,7 @@ def _compare(args, student, teacher, images: list[str], videos: list[str]) -> in
                                                batch_size=args.batch_size)
     except ValueError as e:
         raise UserError(str(e)) from None
-    print(format_comparison(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return _report(format_comparison(results), results, args.json)
 
 
 def format_comparison(results: dict) -> str:

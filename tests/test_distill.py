@@ -200,3 +200,36 @@ def test_distill_cli_bad_input_names_the_field(tmp_path, capsys, args, field):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert field in err and "Traceback" not in err
+
+
+def test_similarity_and_diversity_metrics():
+    import numpy as np
+
+    from omnidit.distill.compare import diversity, psnr, ssim
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-8, 9, a.shape), 0, 255).astype(np.uint8)
+    c = rng.integers(0, 256, a.shape, dtype=np.uint8)
+    assert psnr(a, a) == float("inf") and 25 < psnr(a, b) < 40 and psnr(a, c) < 10
+    assert ssim(a, a) == pytest.approx(1.0) and ssim(a, b) > 0.8 > 0.1 > ssim(a, c)
+    assert diversity([a, a, a]) == pytest.approx(0.0) and diversity([a, c]) > 0.8
+
+
+def test_eval_compares_student_with_teacher(tmp_path, capsys):
+    from omnidit.cli import main
+
+    student = make_tiny_model_dir(tmp_path / "student", seed=1, sampling={"steps": 2, "guidance_mode": "none"})
+    teacher = make_tiny_model_dir(tmp_path / "teacher", seed=2)
+    out = tmp_path / "cmp.json"
+    assert main(["eval", "--model", str(student), "--teacher", str(teacher), "--n", "2", "--videos", "1",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["steps"] == 2
+    for kind in ("images", "videos"):
+        rows = res[kind]
+        assert list(rows) == ["teacher_default", "teacher_2_steps", "student_2_steps"]
+        assert rows["teacher_default"]["steps"] == 3 and "psnr_vs_teacher" not in rows["teacher_default"]
+        for r in list(rows.values())[1:]:
+            assert r["psnr_vs_teacher"] > 0 and -1 <= r["ssim_vs_teacher"] <= 1 and r["diversity"] >= 0
+    assert "of teacher" in capsys.readouterr().out

@@ -17,7 +17,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from omnidit.training.common import EMA, Budget, load_checkpoint, log_metrics, reference_attention_on_cuda, save_checkpoint
+from omnidit.training.common import (
+    EMA,
+    Budget,
+    load_checkpoint,
+    log_metrics,
+    optimizer_step,
+    reference_attention_on_cuda,
+    save_checkpoint,
+    smooth_loss,
+)
 
 METHODS = ("guidance", "consistency")
 
@@ -44,6 +53,7 @@ class DistillConfig:
     video_frames: int = 17
     workers: int = 4
     text_encoder: str | None = None
+    init_student: str | None = None  # start from an exported student folder (e.g. distilled elsewhere)
     max_steps: int | None = None
     max_minutes: float | None = 30.0
     checkpoint_every: int = 250
@@ -111,6 +121,15 @@ def train_distill(cfg: DistillConfig) -> Path:
         raise ValueError(f"guidance distillation needs a teacher sampled with true CFG; {teacher.name!r} "
                          f"uses guidance_mode={mode!r} (it is guidance-distilled already)")
     student = make_student(teacher.dit, cfg.method)
+    if cfg.init_student:
+        from omnidit.dit import DiT
+        from omnidit.pipeline import resolve_model
+
+        init = DiT.from_pretrained(resolve_model(cfg.init_student) / "transformer", dtype=torch.float32)
+        try:
+            student.load_state_dict(init.state_dict())
+        except RuntimeError as e:
+            raise ValueError(f"init_student {cfg.init_student!r} does not fit the student's architecture: {e}") from None
     student_guidance = bool(student.config.guidance_embeds) and cfg.method == "consistency"
     decay = cfg.ema_decay if cfg.ema_decay is not None else (0.95 if cfg.method == "consistency" else 0.999)
     ema = EMA(student, decay)
@@ -157,13 +176,9 @@ def train_distill(cfg: DistillConfig) -> Path:
                 loss = consistency_distill_loss(
                     student, ema.model, teacher.dit, x0, cond, uncond, gen, grid=grid, phase_end=phase_end,
                     scale=teacher.config.guidance, mode=mode, huber_c=cfg.huber_c, student_guidance=student_guidance)
-        opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        acc.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        ema.update(acc.unwrap_model(student), step)
+        optimizer_step(acc, student, opt, loss, ema, step)
         step += 1
-        run_loss = float(loss.detach()) if run_loss is None else 0.98 * run_loss + 0.02 * float(loss.detach())
+        run_loss = smooth_loss(run_loss, loss)
         bar.update(1)
         bar.set_postfix(loss=f"{run_loss:.4f}", refresh=False)
         last = budget.done(step)

@@ -26,6 +26,22 @@ class EMA:
             e.lerp_(p.detach().float(), 1 - d)
 
 
+def optimizer_step(acc, model: torch.nn.Module, opt, loss: torch.Tensor, ema: EMA, step: int,
+                   max_grad_norm: float = 1.0) -> None:
+    """Backward through accelerate, clip, step, then move the EMA towards the new weights."""
+    opt.zero_grad(set_to_none=True)
+    acc.backward(loss)
+    acc.clip_grad_norm_(model.parameters(), max_grad_norm)
+    opt.step()
+    ema.update(acc.unwrap_model(model), step)
+
+
+def smooth_loss(running: float | None, loss: torch.Tensor, keep: float = 0.98) -> float:
+    """Exponential moving average of the loss for progress bars and metrics."""
+    value = float(loss.detach())
+    return value if running is None else keep * running + (1 - keep) * value
+
+
 def reference_attention_on_cuda() -> None:
     """Train with PyTorch's math SDPA kernel on CUDA. The small models trained here have short
     sequences (<= ~400 tokens), where the fused kernels gain little, and a fused kernel's backward

@@ -15,7 +15,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from omnidit.training.common import EMA, Budget, load_checkpoint, log_metrics, reference_attention_on_cuda, save_checkpoint
+from omnidit.training.common import (
+    EMA,
+    Budget,
+    load_checkpoint,
+    log_metrics,
+    optimizer_step,
+    reference_attention_on_cuda,
+    save_checkpoint,
+    smooth_loss,
+)
 
 
 @dataclass
@@ -125,13 +134,9 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
         x0, text, mask, pooled = (t.to(acc.device) for t in data)
         with acc.autocast():
             loss = flow_loss(model, x0, text, mask, pooled, null, gen, cfg.text_dropout)
-        opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        acc.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.update(acc.unwrap_model(model), step)
+        optimizer_step(acc, model, opt, loss, ema, step)
         step += 1
-        run_loss = float(loss.detach()) if run_loss is None else 0.98 * run_loss + 0.02 * float(loss.detach())
+        run_loss = smooth_loss(run_loss, loss)
         bar.update(1)
         bar.set_postfix(loss=f"{run_loss:.4f}", refresh=False)
         last = budget.done(step)

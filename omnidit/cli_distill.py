@@ -46,9 +46,6 @@ def cmd_distill(args) -> int:
     out = Path(args.out) if args.out else Path("runs/distill") / f"{label}-{args.method}" / "model"
     run = Path(args.run) if args.run else out.parent / f"{out.name}.run"
     cache = Path(args.cache)
-    if args.data == "cache" and not (cache / "images").is_dir():
-        raise UserError(f"--cache {args.cache!r} has no images/ (run `omnidit train cache --vae <teacher>/vae` "
-                        "first, or use --data online)")
     try:
         cfg = DistillConfig(
             teacher=args.teacher, method=args.method, out=str(out), run=str(run), steps=args.steps,
@@ -58,7 +55,10 @@ def cmd_distill(args) -> int:
             init_student=args.init_student,
             max_steps=args.max_steps, max_minutes=args.minutes if args.minutes > 0 else None,
             eval_every=args.eval_every, eval_n=args.eval_n, seed=args.seed,
-        )
+        )  # validates the arguments first
+        if args.data == "cache" and not (cache / "images").is_dir():
+            raise UserError(f"--cache {args.cache!r} has no images/ (run `omnidit train cache --vae <teacher>/vae` "
+                            "first, or use --data online)")
         folder = train_distill(cfg)
     except ValueError as e:
         raise UserError(str(e)) from None

@@ -188,7 +188,7 @@ def test_distill_cli_runs_resumes_and_exports(tmp_path, capsys, method):
 @pytest.mark.parametrize("args,field", [
     (["--method", "dmd"], "--method"),
     (["--steps", "0"], "--steps"),
-    (["--phases", "3", "--steps", "4"], "phases"),
+    (["--phases", "3", "--steps", "4", "--cache", "/nonexistent"], "phases"),
     (["--teacher", "no-such-model", "--data", "online"], "no-such-model"),
     (["--cache", "/nonexistent"], "--cache"),
 ])

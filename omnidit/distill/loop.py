@@ -109,7 +109,7 @@ def train_distill(cfg: DistillConfig) -> Path:
 
     from omnidit.distill.losses import consistency_distill_loss, consistency_grid, guidance_distill_loss
     from omnidit.distill.teacher import load_teacher
-    from omnidit.training.dit_train import DiTTrainConfig, _open_data
+    from omnidit.training.dit_train import DiTTrainConfig, open_data
 
     run = Path(cfg.run)
     reference_attention_on_cuda()
@@ -152,7 +152,7 @@ def train_distill(cfg: DistillConfig) -> Path:
     data_cfg = DiTTrainConfig(vae=str(teacher.vae_dir), image_cache=cfg.image_cache, video_cache=cfg.video_cache,
                               image_batch=cfg.image_batch, video_batch=cfg.video_batch, video_every=cfg.video_every,
                               video_frames=cfg.video_frames, data=cfg.data, workers=cfg.workers, seed=cfg.seed + 100)
-    images, videos = _open_data(data_cfg, acc.device, teacher.text_encoder, start=step)
+    images, videos = open_data(data_cfg, acc.device, teacher.text_encoder, start=step)
     null = teacher.text([teacher.config.negative_prompt or ""], "cpu")
     phases = cfg.phases
     sub = max(1, round(cfg.teacher_intervals / phases))

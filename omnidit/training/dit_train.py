@@ -110,7 +110,7 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
 
     spec = {"kind": "sentence", **({"path": str(Path(cfg.text_encoder).resolve())} if cfg.text_encoder else {})}
     text_encoder = load_text_encoder(spec, device=acc.device)
-    images, videos = _open_data(cfg, acc.device, text_encoder, start=step)
+    images, videos = open_data(cfg, acc.device, text_encoder, start=step)
     e = text_encoder.encode([""], device="cpu")
     null = (e.hidden_states[0], e.attention_mask[0], e.pooled[0])
     data = ("rendered on the fly" if cfg.data == "online" else
@@ -153,7 +153,7 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
     return out
 
 
-def _open_data(cfg: DiTTrainConfig, device: torch.device, text_encoder, *, start: int):
+def open_data(cfg: DiTTrainConfig, device: torch.device, text_encoder, *, start: int):
     """(images, videos) sources with `batch(gen, b)` and `refresh()`; videos may be None."""
     from omnidit.training.latent_cache import LatentCache
     from omnidit.training.shapes_stream import OnlineLatents

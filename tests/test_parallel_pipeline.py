@@ -4,13 +4,12 @@ write the same image as one process (tiny model: 2 heads, CFG on through its emp
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import torch
+from fake_api import free_port
 from tiny_models import make_tiny_model_dir
 
 from omnidit.generation import read_video
@@ -19,26 +18,11 @@ PROMPT = "a red circle on a black background"
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """The tiny model with larger DiT weights (std 0.2, not 0.05), so the image depends strongly on
     attention: seeing half the video keys, or no text keys, moves pixels by ~100/255 instead of ~2."""
-    from omnidit.dit import DiT
-
-    path = make_tiny_model_dir(tmp_path_factory.mktemp("tiny"))
-    dit = DiT.from_pretrained(path / "transformer")
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in dit.parameters():
-            p.normal_(0, 0.2)
-    dit.save_pretrained(path / "transformer")
-    return path
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny"), weight_std=0.2)
 
 
 @pytest.fixture(scope="module")

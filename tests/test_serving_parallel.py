@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from tiny_models import make_tiny_model_dir
 
 from omnidit.serving.engine import GeneratorEngine, model_info
@@ -23,16 +22,7 @@ PROMPT = "a red circle on a black background"
 def model(tmp_path_factory):
     """The tiny model (2 heads) with larger DiT weights, so an image depends strongly on attention
     (a rank seeing half the tokens would move pixels by far more than 1/255)."""
-    from omnidit.dit import DiT
-
-    path = make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny")
-    dit = DiT.from_pretrained(path / "transformer")
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in dit.parameters():
-            p.normal_(0, 0.2)
-    dit.save_pretrained(path / "transformer")
-    return path
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny", weight_std=0.2)
 
 
 def _settings(model, data, **kw) -> ServeSettings:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from types import SimpleNamespace
@@ -18,6 +17,7 @@ import pytest
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
+from fake_api import free_port
 from omnidit.serving import app as serving_app  # noqa: E402
 from omnidit.serving.jobs import SQLiteJobStore  # noqa: E402
 from omnidit.serving.settings import ServeSettings  # noqa: E402
@@ -30,12 +30,6 @@ PARAMS = {"width": 32, "height": 32, "frames": 5, "fps": 8, "steps": 3, "guidanc
           "negative_prompt": None, "seed": 5}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
     model = make_tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
@@ -43,7 +37,7 @@ def svc(tmp_path_factory):
         model=str(model), data_dir=str(tmp_path_factory.mktemp("data")), api_key=KEY, device="cpu",
         max_pending_images=3, max_batch_size=8, batch_wait_s=0.2, max_steps=1000, lease_s=3.0, poll_s=0.1,
         health_check_period_s=2.0, sweep_s=2.0, max_attempts=3)
-    port = _free_port()
+    port = free_port()
     try:
         url = serving_app.start(settings, port=port, num_cpus=2, log_to_driver=False)
         client = httpx.Client(base_url=url, headers=AUTH, timeout=120)

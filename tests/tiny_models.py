@@ -17,7 +17,9 @@ TINY_SAMPLING = dict(
 )
 
 
-def make_tiny_model_dir(path: str | Path, *, seed: int = 0, sampling: dict | None = None) -> Path:
+def make_tiny_model_dir(path: str | Path, *, seed: int = 0, sampling: dict | None = None,
+                        weight_std: float = 0.05) -> Path:
+    """`weight_std`: scale of the random DiT weights (larger = outputs lean harder on attention)."""
     from diffusers import AutoencoderKLHunyuanVideo
 
     from omnidit.dit import DiT, DiTConfig
@@ -32,7 +34,7 @@ def make_tiny_model_dir(path: str | Path, *, seed: int = 0, sampling: dict | Non
     dit = DiT(cfg)
     with torch.no_grad():  # non-trivial weights so outputs depend on every input
         for p in dit.parameters():
-            p.normal_(0, 0.05)
+            p.normal_(0, weight_std)
     dit.save_pretrained(path / "transformer")
     vae = AutoencoderKLHunyuanVideo(
         latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,

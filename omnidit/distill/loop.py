@@ -109,7 +109,7 @@ def train_distill(cfg: DistillConfig) -> Path:
 
     from omnidit.distill.losses import consistency_distill_loss, consistency_grid, guidance_distill_loss
     from omnidit.distill.teacher import load_teacher
-    from omnidit.training.dit_train import DiTTrainConfig, open_data
+    from omnidit.training.dit_train import DiTTrainConfig, open_data, quick_eval
 
     run = Path(cfg.run)
     reference_attention_on_cuda()
@@ -188,8 +188,8 @@ def train_distill(cfg: DistillConfig) -> Path:
                             method=cfg.method, config=asdict(cfg), dit_config=ema.model.config.to_dict())
             log_metrics(run / "metrics.jsonl", {"step": step, "loss": run_loss, "seconds": round(time.time() - t0, 1)})
         if acc.is_main_process and cfg.eval_every and (step % cfg.eval_every == 0 or last):
-            scores = _quick_eval(ema.model, teacher, student_sampling(cfg, teacher.config.to_dict(), student_guidance),
-                                 n=cfg.eval_n, seed=cfg.seed + 7)
+            scores = quick_eval(ema.model, teacher.vae_dir, teacher.text_encoder, n=cfg.eval_n, seed=cfg.seed + 7,
+                                steps=None, sampling=student_sampling(cfg, teacher.config.to_dict(), student_guidance))
             log_metrics(run / "metrics.jsonl", {"step": step, "eval": scores})
             acc.print(f"step {step} eval: {scores}")
             ema.model.eval()
@@ -198,19 +198,6 @@ def train_distill(cfg: DistillConfig) -> Path:
         return Path(cfg.out)
     return export_student(ema.model, teacher, Path(cfg.out), cfg=cfg, trained_steps=step,
                           sampling=student_sampling(cfg, teacher.config.to_dict(), student_guidance))
-
-
-@torch.no_grad()
-def _quick_eval(student, teacher, sampling: dict, *, n: int, seed: int) -> dict:
-    from omnidit.pipeline import Pipeline
-    from omnidit.pipeline_config import PipelineConfig
-    from omnidit.shapes.adherence import eval_pipeline, eval_prompts
-    from omnidit.tokenizers import VideoVAE
-
-    device = next(student.parameters()).device
-    pipe = Pipeline(student.eval(), VideoVAE.from_pretrained(teacher.vae_dir, device=device), teacher.text_encoder,
-                    PipelineConfig.from_dict(sampling), name="distill")
-    return eval_pipeline(pipe, eval_prompts(n, seed=seed, video=False), seed=seed)["scores"]
 
 
 def export_student(student: torch.nn.Module, teacher, out: Path, *, cfg: DistillConfig, trained_steps: int,

@@ -174,14 +174,16 @@ def open_data(cfg: DiTTrainConfig, device: torch.device, text_encoder, *, start:
 
 
 @torch.no_grad()
-def quick_eval(dit, vae_dir: Path, text_encoder, *, n: int, seed: int, steps: int = 20) -> dict:
-    """Adherence of the EMA model on `n` image prompts: a training-time health check."""
+def quick_eval(dit, vae_dir: Path, text_encoder, *, n: int, seed: int, steps: int | None = 20,
+               sampling: dict | None = None) -> dict:
+    """Adherence of a training model on `n` image prompts: a training-time health check.
+    `sampling` (a PipelineConfig dict) defaults to the shapes model's; `steps` None = its own."""
     from omnidit.pipeline import Pipeline
     from omnidit.pipeline_config import PipelineConfig
     from omnidit.shapes.adherence import eval_pipeline, eval_prompts
     from omnidit.tokenizers import VideoVAE
 
-    cfg = PipelineConfig(**SHAPES_SAMPLING)
+    cfg = PipelineConfig.from_dict(sampling or SHAPES_SAMPLING)
     device = next(dit.parameters()).device
     pipe = Pipeline(dit.eval(), VideoVAE.from_pretrained(vae_dir, device=device), text_encoder, cfg, name="training")
     return eval_pipeline(pipe, eval_prompts(n, seed=seed, video=False), steps=steps, seed=seed)["scores"]

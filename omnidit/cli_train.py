@@ -52,6 +52,8 @@ def add_train(sub) -> None:
                    help="cache: the chunks `train cache` wrote; online: render + encode every batch (GPU machines)")
     d.add_argument("--workers", type=int, default=4, help="--data online: rendering processes per stream")
     d.add_argument("--text-encoder", default=None, help="a sentence-encoder folder (default: the packaged MiniLM)")
+    d.add_argument("--init-from", default=None,
+                   help="fine-tune: start from this model (a name such as shapes, or a model folder)")
     d.add_argument("--eval-every", type=int, default=1000)
     d.add_argument("--eval-n", type=int, default=32)
     d.add_argument("--seed", type=int, default=0)
@@ -104,11 +106,18 @@ def cmd_train_dit(args) -> int:
         raise UserError(f"--vae {args.vae!r} is not a trained VAE folder (run `omnidit train vae` first)")
     if args.data == "cache" and not (cache / "images").is_dir():
         raise UserError(f"--cache {args.cache!r} has no images/ (run `omnidit train cache` first)")
+    if args.init_from:
+        from omnidit.pipeline import resolve_model
+
+        try:
+            resolve_model(args.init_from)
+        except ValueError as e:
+            raise UserError(f"--init-from: {e}") from None
     train_dit(DiTTrainConfig(
         out=args.out, vae=args.vae, image_cache=str(cache / "images"), video_cache=str(cache / "videos"), max_minutes=args.minutes, max_steps=args.steps,
         lr=args.lr, image_batch=args.image_batch, video_batch=args.video_batch, eval_every=args.eval_every,
         eval_n=args.eval_n, seed=args.seed, data=args.data, workers=args.workers, text_encoder=args.text_encoder,
-        video_every=args.video_every,
+        video_every=args.video_every, init_from=args.init_from,
     ))
     return 0
 

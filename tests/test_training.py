@@ -57,6 +57,43 @@ def test_dit_training_loss_falls_and_resumes(tmp_path, capsys):
     assert ck["step"] == 45 and set(ck) >= {"model", "ema", "opt", "gen", "dit_config"}
 
 
+def test_dit_fine_tuning_starts_from_the_given_model(tmp_path):
+    """`init_from`: the run starts from the model's weights and config (lr 0 = an exact copy)."""
+    import torch
+
+    from omnidit.dit import DiT
+    from omnidit.training.dit_train import DiTTrainConfig, train_dit
+
+    src = make_tiny_model_dir(tmp_path / "tiny")
+    cfg = dict(vae=str(src / "vae"), data="online", workers=0, image_batch=4, video_batch=2, video_frames=5,
+               max_minutes=None, checkpoint_every=1, eval_every=0, init_from=str(src), warmup=1)
+    train_dit(DiTTrainConfig(out=str(tmp_path / "copy"), max_steps=1, lr=0.0, **cfg))
+    want = DiT.from_pretrained(src / "transformer", dtype=torch.float32).state_dict()
+    ck = torch.load(tmp_path / "copy" / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 1 and ck["dit_config"]["in_channels"] == 4
+    for k, v in want.items():
+        assert torch.equal(ck["model"][k], v) and torch.equal(ck["ema"][k], v), k
+
+    train_dit(DiTTrainConfig(out=str(tmp_path / "tuned"), max_steps=3, lr=1e-3, **cfg))
+    got = torch.load(tmp_path / "tuned" / "checkpoint.pt", weights_only=False)["model"]
+    moved = [k for k in want if not torch.equal(got[k], want[k])]
+    assert moved and max((got[k] - want[k]).abs().max().item() for k in moved) < 0.05  # a fine-tune, not a reset
+
+
+def test_train_dit_cli_rejects_an_unknown_init_model(tmp_path, capsys):
+    import pytest
+
+    from omnidit.cli import main
+
+    src = make_tiny_model_dir(tmp_path / "tiny")
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(["train", "dit", "--data", "online", "--vae", str(src / "vae"),
+                               "--out", str(tmp_path / "x"), "--init-from", "no-such-model"]))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--init-from" in err and "no-such-model" in err and "Traceback" not in err
+
+
 def test_vae_refit_keeps_the_latent_space(tmp_path):
     """--keep-latents-of: a config change (norm groups) without moving the latents a DiT learned."""
     from diffusers import AutoencoderKLHunyuanVideo

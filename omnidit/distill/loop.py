@@ -21,6 +21,7 @@ from omnidit.training.common import (
     EMA,
     Budget,
     load_checkpoint,
+    load_weights_from,
     log_metrics,
     optimizer_step,
     reference_attention_on_cuda,
@@ -122,14 +123,7 @@ def train_distill(cfg: DistillConfig) -> Path:
                          f"uses guidance_mode={mode!r} (it is guidance-distilled already)")
     student = make_student(teacher.dit, cfg.method)
     if cfg.init_student:
-        from omnidit.dit import DiT
-        from omnidit.pipeline import resolve_model
-
-        init = DiT.from_pretrained(resolve_model(cfg.init_student) / "transformer", dtype=torch.float32)
-        try:
-            student.load_state_dict(init.state_dict())
-        except RuntimeError as e:
-            raise ValueError(f"init_student {cfg.init_student!r} does not fit the student's architecture: {e}") from None
+        load_weights_from(student, cfg.init_student, "init_student")
     student_guidance = bool(student.config.guidance_embeds) and cfg.method == "consistency"
     decay = cfg.ema_decay if cfg.ema_decay is not None else (0.95 if cfg.method == "consistency" else 0.999)
     ema = EMA(student, decay)

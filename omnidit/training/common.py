@@ -26,6 +26,19 @@ class EMA:
             e.lerp_(p.detach().float(), 1 - d)
 
 
+def load_weights_from(model: torch.nn.Module, name_or_dir: str, field: str) -> None:
+    """Start `model` from a shipped or exported model folder's transformer (fine-tuning, or a
+    student distilled elsewhere); `field` names the option in the error if it does not fit."""
+    from omnidit.dit import DiT
+    from omnidit.pipeline import resolve_model
+
+    init = DiT.from_pretrained(resolve_model(name_or_dir) / "transformer", dtype=torch.float32)
+    try:
+        model.load_state_dict(init.state_dict())
+    except RuntimeError as e:
+        raise ValueError(f"{field} {name_or_dir!r} does not fit the model's architecture: {e}") from None
+
+
 def optimizer_step(acc, model: torch.nn.Module, opt, loss: torch.Tensor, ema: EMA, step: int,
                    max_grad_norm: float = 1.0) -> None:
     """Backward through accelerate, clip, step, then move the EMA towards the new weights."""

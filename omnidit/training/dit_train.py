@@ -19,6 +19,7 @@ from omnidit.training.common import (
     EMA,
     Budget,
     load_checkpoint,
+    load_weights_from,
     log_metrics,
     optimizer_step,
     reference_attention_on_cuda,
@@ -34,6 +35,7 @@ class DiTTrainConfig:
     image_cache: str = "runs/shapes/cache/images"
     video_cache: str | None = "runs/shapes/cache/videos"
     preset: str = "shapes"
+    init_from: str | None = None  # fine-tune: start from this model folder's transformer (its config wins)
     data: str = "cache"  # "cache": pre-encoded chunks; "online": render + encode every batch (GPU boxes)
     text_encoder: str | None = None  # a sentence-encoder folder (default: the packaged MiniLM)
     video_frames: int = 17  # online data only
@@ -88,11 +90,19 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
     reference_attention_on_cuda()
     acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     torch.manual_seed(cfg.seed)
-    dit_cfg = preset(cfg.preset)
+    if cfg.init_from:
+        from omnidit.dit.checkpoint import read_config
+        from omnidit.pipeline import resolve_model
+
+        dit_cfg = read_config(resolve_model(cfg.init_from) / "transformer")
+    else:
+        dit_cfg = preset(cfg.preset)
     for k, v in cfg.overrides.items():
         setattr(dit_cfg, k, v)
     model = DiT(dit_cfg)
     model.initialize_weights()
+    if cfg.init_from:
+        load_weights_from(model, cfg.init_from, "init_from")
     ema = EMA(model, cfg.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -1,4 +1,4 @@
-"""`omnidit distill --teacher shapes --method guidance|consistency --steps 4 --out DIR`."""
+"""`omnidit distill --teacher shapes --method guidance|consistency|dmd --steps 4 --out DIR`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ from pathlib import Path
 def add_distill(sub) -> None:
     p = sub.add_parser("distill", help="step-distil a model: guidance (one forward per step) or consistency (few steps)")
     p.add_argument("--teacher", default="shapes", help="shipped model name or model folder to distil")
-    p.add_argument("--method", choices=("guidance", "consistency"), default="consistency")
-    p.add_argument("--steps", type=int, default=4, help="consistency: the student's default sampling steps")
+    p.add_argument("--method", choices=("guidance", "consistency", "dmd"), default="consistency",
+                   help="guidance: one forward per step; consistency: few steps along the teacher's ODE; "
+                        "dmd: few steps matching the teacher's distribution (DMD2-style, no GAN term)")
+    p.add_argument("--steps", type=int, default=4, help="consistency, dmd: the student's default sampling steps")
+    p.add_argument("--fake-updates", type=int, default=5,
+                   help="dmd: fake-score updates per student update (two time-scale rule)")
     p.add_argument("--phases", type=int, default=1,
                    help="consistency: 1 = multistep x0 prediction (serves any step count); K = K phases, sampled in K steps")
     p.add_argument("--out", default=None, help="model folder to write (default: runs/distill/<teacher>-<method>/model)")
@@ -37,7 +41,7 @@ def cmd_distill(args) -> int:
     from omnidit.cli import UserError
     from omnidit.distill.loop import DistillConfig, train_distill
 
-    for name in ("steps", "phases", "image_batch", "video_batch", "eval_n"):
+    for name in ("steps", "phases", "image_batch", "video_batch", "eval_n", "fake_updates"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.minutes <= 0 and args.max_steps is None:
@@ -52,7 +56,7 @@ def cmd_distill(args) -> int:
             phases=args.phases, lr=args.lr, data=args.data, image_cache=str(cache / "images"),
             video_cache=str(cache / "videos"), image_batch=args.image_batch, video_batch=args.video_batch,
             video_every=args.video_every, workers=args.workers, text_encoder=args.text_encoder,
-            init_student=args.init_student,
+            init_student=args.init_student, fake_updates=args.fake_updates,
             max_steps=args.max_steps, max_minutes=args.minutes if args.minutes > 0 else None,
             eval_every=args.eval_every, eval_n=args.eval_n, seed=args.seed,
         )  # validates the arguments first

@@ -153,6 +153,75 @@ def test_consistency_loss_falls_on_a_tiny_model():
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+def test_generator_sample_follows_the_students_sampler():
+    """k = 0: the x0 prediction from pure noise; k = j: j steps of x0-renoise, then the prediction."""
+    from omnidit.distill import generator_sample
+    from omnidit.sampling import sample_x0_renoise
+
+    student, cond = tiny_dit(seed=3), text(3, 8)
+    sigmas = flow_sigmas(4)
+    noise = torch.randn(3, 4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = generator_sample(student, noise, cond, sigmas, torch.tensor([0, 2, 2]), torch.Generator().manual_seed(1))
+        v = student(noise, torch.full((3,), 1000.0), *cond)
+        torch.testing.assert_close(got[0], (noise - v)[0])
+
+        def fn(x, s):
+            return student(x, s * 1000.0, *cond)
+
+        x = sample_x0_renoise(fn, noise, sigmas[:3], generator=torch.Generator().manual_seed(1))
+        want = x - sigmas[2] * fn(x, sigmas[2].expand(3))
+        torch.testing.assert_close(got[1:], want[1:], rtol=1e-4, atol=1e-5)
+
+
+def test_distribution_matching_gradient_points_at_the_teachers_distribution():
+    """Point masses: the real score's x0 is the teacher's point mu, the fake's the student's g, so
+    d loss / d x0 = (g - mu) / mean|g - mu| / numel exactly, and zero when fake = real."""
+    from omnidit.distill import distribution_matching_loss
+
+    mu, g = torch.randn(1, 4, 1, 4, 4), torch.randn(1, 4, 1, 4, 4)
+    real, cond, uncond = PointMassTeacher(mu), text(2, 0), text(2, 1)
+    x0 = g.expand(2, -1, -1, -1, -1).clone().requires_grad_(True)
+    loss = distribution_matching_loss(x0, real, PointMassTeacher(g), cond, uncond, torch.Generator().manual_seed(0),
+                                      scale=4.0, mode="cfg")
+    loss.backward()
+    want = (g - mu) / (g - mu).abs().mean() / x0.numel()
+    torch.testing.assert_close(x0.grad, want.expand_as(x0), rtol=1e-4, atol=1e-7)
+    same = distribution_matching_loss(x0, real, PointMassTeacher(mu.clone()), cond, uncond,
+                                      torch.Generator().manual_seed(0), scale=4.0, mode="cfg")
+    assert float(same.detach()) < 1e-10
+
+
+def test_dmd_moves_a_point_mass_student_onto_the_teacher():
+    """The student outputs a learnable point g; an ideal fake score (refitted to g each step) and
+    the real one (point mu) drive g to mu: the loop's update, on a case with a known answer."""
+    from omnidit.distill import distribution_matching_loss, generator_sample
+
+    mu = torch.randn(1, 4, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    student = PointMassTeacher(torch.nn.Parameter(torch.zeros_like(mu)))
+    opt = torch.optim.Adam(student.parameters(), lr=0.05)
+    gen, cond = torch.Generator().manual_seed(0), text(2, 0)
+    start = float((student.x0 - mu).abs().mean())
+    for _ in range(150):
+        noise = torch.randn(2, 4, 1, 4, 4, generator=gen)
+        x0 = generator_sample(student, noise, cond, flow_sigmas(4), torch.randint(0, 4, (2,), generator=gen), gen)
+        fake = PointMassTeacher(student.x0.detach().clone())
+        loss = distribution_matching_loss(x0, PointMassTeacher(mu), fake, cond, None, gen, scale=1.0, mode="none")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float((student.x0 - mu).abs().mean()) < 0.05 * start
+
+
+def test_fake_score_loss_falls_on_the_students_samples():
+    from omnidit.distill import fake_score_loss
+
+    fake, cond = tiny_dit(seed=4).train(), text(4, 9)
+    samples = torch.randn(4, 4, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    losses = _fit(lambda: fake_score_loss(fake, samples, cond, torch.Generator().manual_seed(2)), fake)
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
 def _distill(tmp_path, teacher, method, max_steps, extra=()):
     from omnidit.cli import main
 
@@ -161,21 +230,27 @@ def _distill(tmp_path, teacher, method, max_steps, extra=()):
                  "--eval-every", "3", "--eval-n", "2", "--out", str(tmp_path / method), *extra])
 
 
-@pytest.mark.parametrize("method", ["consistency", "guidance"])
+@pytest.mark.parametrize("method", ["consistency", "guidance", "dmd"])
 def test_distill_cli_runs_resumes_and_exports(tmp_path, capsys, method):
     from omnidit.pipeline import Pipeline
 
     teacher = make_tiny_model_dir(tmp_path / "teacher")
-    assert _distill(tmp_path, teacher, method, 3) == 0
-    assert _distill(tmp_path, teacher, method, 5) == 0
+    extra = ("--fake-updates", "2") if method == "dmd" else ()
+    assert _distill(tmp_path, teacher, method, 3, extra) == 0
+    assert _distill(tmp_path, teacher, method, 5, extra) == 0
     out = capsys.readouterr().out
     assert f"resumed {method} distillation at step 3" in out
     ck = torch.load(tmp_path / f"{method}.run" / "checkpoint.pt", weights_only=False)
     assert ck["step"] == 5 and ck["method"] == method
+    if method == "dmd":  # the fake score model resumes too, and has moved away from the teacher
+        from omnidit.dit import DiT
+
+        start = DiT.from_pretrained(teacher / "transformer", dtype=torch.float32).state_dict()
+        assert set(ck) >= {"fake", "fake_opt"} and any(not torch.equal(ck["fake"][k], v) for k, v in start.items())
     index = json.loads((tmp_path / method / "model_index.json").read_text())
     assert index["omnidit"]["method"] == method and index["omnidit"]["trained_steps"] == 5
     sampling = index["omnidit"]["sampling"]
-    if method == "consistency":
+    if method in ("consistency", "dmd"):
         assert (sampling["steps"], sampling["sampler"], sampling["guidance_mode"]) == (4, "x0_renoise", "none")
     else:
         assert sampling["guidance_mode"] == "embedded"
@@ -186,7 +261,9 @@ def test_distill_cli_runs_resumes_and_exports(tmp_path, capsys, method):
 
 
 @pytest.mark.parametrize("args,field", [
-    (["--method", "dmd"], "--method"),
+    (["--method", "gan"], "--method"),
+    (["--method", "dmd", "--phases", "2", "--steps", "2", "--data", "online"], "phases"),
+    (["--method", "dmd", "--fake-updates", "0"], "--fake-updates"),
     (["--steps", "0"], "--steps"),
     (["--phases", "3", "--steps", "4", "--cache", "/nonexistent"], "phases"),
     (["--teacher", "no-such-model", "--data", "online"], "no-such-model"),

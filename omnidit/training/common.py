@@ -39,14 +39,15 @@ def load_weights_from(model: torch.nn.Module, name_or_dir: str, field: str) -> N
         raise ValueError(f"{field} {name_or_dir!r} does not fit the model's architecture: {e}") from None
 
 
-def optimizer_step(acc, model: torch.nn.Module, opt, loss: torch.Tensor, ema: EMA, step: int,
+def optimizer_step(acc, model: torch.nn.Module, opt, loss: torch.Tensor, ema: EMA | None, step: int,
                    max_grad_norm: float = 1.0) -> None:
-    """Backward through accelerate, clip, step, then move the EMA towards the new weights."""
+    """Backward through accelerate, clip, step, then move the EMA (if any) towards the new weights."""
     opt.zero_grad(set_to_none=True)
     acc.backward(loss)
     acc.clip_grad_norm_(model.parameters(), max_grad_norm)
     opt.step()
-    ema.update(acc.unwrap_model(model), step)
+    if ema is not None:
+        ema.update(acc.unwrap_model(model), step)
 
 
 def smooth_loss(running: float | None, loss: torch.Tensor, keep: float = 0.98) -> float:

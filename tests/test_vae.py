@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers.video_processor import VideoProcessor
+from tiny_hunyuan import make_tiny_vae
 
 from omnidit.tokenizers import VideoVAE, frames_to_uint8
-from tiny_hunyuan import make_tiny_vae
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +71,8 @@ def test_cpu_conv3d_takes_onednn_and_matches_native():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     if torch.backends.mkldnn.is_available():
         assert isinstance(net[0], _OneDNNConv3d) and use_onednn_conv3d(net) == 0  # idempotent
-        with torch.profiler.profile() as prof:
-            with torch.no_grad():
-                net(x)
+        with torch.profiler.profile() as prof, torch.no_grad():
+            net(x)
         ops = {e.key for e in prof.key_averages()}
         assert "aten::mkldnn_convolution" in ops and "aten::slow_conv3d_forward" not in ops
     y = net(x.requires_grad_())  # training keeps PyTorch's own kernel (and its backward)

@@ -52,6 +52,8 @@ def add_train(sub) -> None:
                    help="cache: the chunks `train cache` wrote; online: render + encode every batch (GPU machines)")
     d.add_argument("--workers", type=int, default=4, help="--data online: rendering processes per stream")
     d.add_argument("--text-encoder", default=None, help="a sentence-encoder folder (default: the packaged MiniLM)")
+    d.add_argument("--video-shift", type=float, default=1.0,
+                   help="shift video batches' noise levels towards pure noise (where motion is decided); 1 = none")
     d.add_argument("--init-from", default=None,
                    help="fine-tune: start from this model (a name such as shapes, or a model folder)")
     d.add_argument("--eval-every", type=int, default=1000)
@@ -106,6 +108,8 @@ def cmd_train_dit(args) -> int:
         raise UserError(f"--vae {args.vae!r} is not a trained VAE folder (run `omnidit train vae` first)")
     if args.data == "cache" and not (cache / "images").is_dir():
         raise UserError(f"--cache {args.cache!r} has no images/ (run `omnidit train cache` first)")
+    if not args.video_shift > 0:
+        raise UserError(f"--video-shift must be > 0, got {args.video_shift}")
     if args.init_from:
         from omnidit.pipeline import resolve_model
 
@@ -117,7 +121,7 @@ def cmd_train_dit(args) -> int:
         out=args.out, vae=args.vae, image_cache=str(cache / "images"), video_cache=str(cache / "videos"), max_minutes=args.minutes, max_steps=args.steps,
         lr=args.lr, image_batch=args.image_batch, video_batch=args.video_batch, eval_every=args.eval_every,
         eval_n=args.eval_n, seed=args.seed, data=args.data, workers=args.workers, text_encoder=args.text_encoder,
-        video_every=args.video_every, init_from=args.init_from,
+        video_every=args.video_every, init_from=args.init_from, video_shift=args.video_shift,
     ))
     return 0
 

@@ -113,3 +113,17 @@ def test_vae_refit_keeps_the_latent_space(tmp_path):
     assert rows[-1]["anchor"] < rows[0]["anchor"], rows  # the new encoder moves onto the old latents
     shapes = {k: v.shape for k, v in ref.state_dict().items()}  # only the grouping differs
     assert {k: v.shape for k, v in new.state_dict().items()} == shapes
+
+
+def test_video_shift_moves_noise_levels_towards_pure_noise():
+    import torch
+
+    from omnidit.training.dit_train import sample_sigmas
+
+    plain = sample_sigmas(20000, torch.Generator().manual_seed(0))
+    same = sample_sigmas(20000, torch.Generator().manual_seed(0), shift=1.0)
+    shifted = sample_sigmas(20000, torch.Generator().manual_seed(0), shift=3.0)
+    assert torch.equal(plain, same)
+    torch.testing.assert_close(shifted, 3 * plain / (1 + 2 * plain))  # the sampling schedules' shift
+    assert bool(((shifted > 0) & (shifted < 1)).all())
+    assert (plain > 0.9).float().mean() < 0.05 < 0.1 < (shifted > 0.9).float().mean()

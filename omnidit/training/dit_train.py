@@ -43,6 +43,7 @@ class DiTTrainConfig:
     image_batch: int = 32
     video_batch: int = 8
     video_every: int = 3  # one video batch after every N image batches
+    video_shift: float = 1.0  # shift of video batches' noise levels towards 1, where motion is decided
     lr: float = 3e-4
     warmup: int = 200
     weight_decay: float = 0.0
@@ -58,21 +59,24 @@ class DiTTrainConfig:
     overrides: dict = field(default_factory=dict)  # DiTConfig fields to change from the preset
 
 
-def sample_sigmas(b: int, gen: torch.Generator) -> torch.Tensor:
-    """Logit-normal noise levels (SD3), with 10 % uniform so both ends are trained."""
+def sample_sigmas(b: int, gen: torch.Generator, shift: float = 1.0) -> torch.Tensor:
+    """Logit-normal noise levels (SD3), with 10 % uniform so both ends are trained; `shift` > 1
+    moves them towards pure noise (s -> shift s / (1 + (shift - 1) s), the sampling schedules' shift)."""
     s = torch.sigmoid(torch.randn(b, generator=gen))
     u = torch.rand(b, generator=gen)
-    return torch.where(torch.rand(b, generator=gen) < 0.1, u, s)
+    s = torch.where(torch.rand(b, generator=gen) < 0.1, u, s)
+    return shift * s / (1 + (shift - 1) * s)
 
 
-def flow_loss(model, x0, text, mask, pooled, null, gen: torch.Generator, dropout: float) -> torch.Tensor:
+def flow_loss(model, x0, text, mask, pooled, null, gen: torch.Generator, dropout: float,
+              shift: float = 1.0) -> torch.Tensor:
     """MSE between predicted and true velocity (noise - x0) at x_t = (1 - s) x0 + s noise."""
     b = x0.shape[0]
     drop = (torch.rand(b, generator=gen) < dropout).to(x0.device)
     if drop.any():
         text, mask, pooled = text.clone(), mask.clone(), pooled.clone()
         text[drop], mask[drop], pooled[drop] = null[0].to(text), null[1].to(mask), null[2].to(pooled)
-    sigma = sample_sigmas(b, gen).to(x0)
+    sigma = sample_sigmas(b, gen, shift).to(x0)
     noise = torch.randn(x0.shape, generator=gen).to(x0)
     s = sigma.view(b, 1, 1, 1, 1)
     x_t = (1 - s) * x0 + s * noise
@@ -143,7 +147,8 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
         data = videos.batch(gen, cfg.video_batch) if is_video else images.batch(gen, cfg.image_batch)
         x0, text, mask, pooled = (t.to(acc.device) for t in data)
         with acc.autocast():
-            loss = flow_loss(model, x0, text, mask, pooled, null, gen, cfg.text_dropout)
+            loss = flow_loss(model, x0, text, mask, pooled, null, gen, cfg.text_dropout,
+                             shift=cfg.video_shift if is_video else 1.0)
         optimizer_step(acc, model, opt, loss, ema, step)
         step += 1
         run_loss = smooth_loss(run_loss, loss)

@@ -9,6 +9,9 @@
 # Each stage resumes from its checkpoint under $RUN. TE is a sentence-encoder folder: the packaged
 # MiniLM by default; tools/pack_text_encoder.py writes a 21 MB copy that travels to a machine
 # with no network. The CPU recipe is `make train-shapes`.
+# The DiT stage alternates image and video batches (VIDEO_EVERY=1) and shifts the video batches'
+# noise levels towards 1 (--video-shift 3): the shipped model, trained with one video batch in four
+# and no shift, learned motion without its direction (tools/motion_probe.py, the model card).
 set -euo pipefail
 RUN=${RUN:-runs/gpu}
 TE=${TE:-.carry/minilm}
@@ -22,13 +25,13 @@ case "$stage" in
       --clips-per-step 8 --workers "$WORKERS" ;;
   dit)
     python3 -m omnidit train dit --data online --vae "$RUN/vae/vae" --out "$RUN/dit" --minutes "$2" \
-      --lr 6e-4 --image-batch 256 --video-batch 32 --video-every 3 --workers "$WORKERS" \
-      --text-encoder "$TE" --eval-every 1000 --eval-n 64 ;;
+      --lr 6e-4 --image-batch 256 --video-batch 32 --video-every "${VIDEO_EVERY:-1}" --video-shift 3 \
+      --workers "$WORKERS" --text-encoder "$TE" --eval-every 1000 --eval-n 64 ;;
   preflight)
     pf=${PF:-/tmp/omnidit-preflight}; rm -rf "$pf"
     python3 -c "import pathlib; from omnidit.training.vae_train import make_vae, export_vae; export_vae(make_vae(), pathlib.Path('$pf/vae'), n=32)"
     python3 -m omnidit train dit --data online --vae "$pf/vae" --out "$pf/dit" --steps 3 --image-batch "$PF_BATCH" \
-      --video-batch $((PF_BATCH / 8)) --video-every 1 --workers 2 --text-encoder "$TE" --eval-every 3 --eval-n 4
+      --video-batch $((PF_BATCH / 8)) --video-every 1 --video-shift 3 --workers 2 --text-encoder "$TE" --eval-every 3 --eval-n 4
     python3 -m omnidit train export --checkpoint "$pf/dit/checkpoint.pt" --vae "$pf/vae" --out "$pf/teacher" --weights raw
     python3 -m omnidit distill --teacher "$pf/teacher" --data online --max-steps 3 --image-batch "$PF_BATCH" \
       --video-batch $((PF_BATCH / 8)) --video-every 1 --workers 2 --text-encoder "$TE" --eval-every 3 --eval-n 4 \

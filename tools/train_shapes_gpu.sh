@@ -10,8 +10,8 @@
 # MiniLM by default; tools/pack_text_encoder.py writes a 21 MB copy that travels to a machine
 # with no network. The CPU recipe is `make train-shapes`.
 # The DiT stage alternates image and video batches (VIDEO_EVERY=1) and shifts the video batches'
-# noise levels towards 1 (--video-shift 3): the shipped model, trained with one video batch in four
-# and no shift, learned motion without its direction (tools/motion_probe.py, the model card).
+# noise levels towards 1 (VIDEO_SHIFT=3): the shipped model, trained with VIDEO_EVERY=3 VIDEO_SHIFT=1
+# (one video batch in four, no shift), learned motion without its direction (tools/motion_probe.py).
 set -euo pipefail
 RUN=${RUN:-runs/gpu}
 TE=${TE:-.carry/minilm}
@@ -25,7 +25,7 @@ case "$stage" in
       --clips-per-step 8 --workers "$WORKERS" ;;
   dit)
     python3 -m omnidit train dit --data online --vae "$RUN/vae/vae" --out "$RUN/dit" --minutes "$2" \
-      --lr 6e-4 --image-batch 256 --video-batch 32 --video-every "${VIDEO_EVERY:-1}" --video-shift 3 \
+      --lr 6e-4 --image-batch 256 --video-batch 32 --video-every "${VIDEO_EVERY:-1}" --video-shift "${VIDEO_SHIFT:-3}" \
       --workers "$WORKERS" --text-encoder "$TE" --eval-every 1000 --eval-n 64 ;;
   preflight)
     pf=${PF:-/tmp/omnidit-preflight}; rm -rf "$pf"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from omnidit.distill.losses import Text, _bcast, guided_velocity
+from omnidit.distill.losses import Text, _bcast, guided_velocity, noised
 
 
 def generator_sample(student, noise: torch.Tensor, cond: Text, sigmas: torch.Tensor, k: torch.Tensor,
@@ -58,7 +58,7 @@ def distribution_matching_loss(x0: torch.Tensor, teacher, fake, cond: Text, unco
     sigma = dm_noise_levels(b, gen).to(x0)
     with torch.no_grad():
         x0d = x0.detach()
-        x_t = (1 - _bcast(sigma)) * x0d + _bcast(sigma) * torch.randn(x0.shape, generator=gen).to(x0)
+        x_t = noised(x0d, sigma, gen)
         w = torch.full((b,), float(scale), device=x0.device)
         x0_real = x_t - _bcast(sigma) * guided_velocity(teacher, x_t, sigma, cond, uncond, w, mode)
         x0_fake = x_t - _bcast(sigma) * fake(x_t, sigma * 1000.0, *cond).float()
@@ -68,12 +68,8 @@ def distribution_matching_loss(x0: torch.Tensor, teacher, fake, cond: Text, unco
 
 
 def fake_score_loss(fake, x0: torch.Tensor, cond: Text, gen: torch.Generator) -> torch.Tensor:
-    """Flow matching of the fake score model on the student's (detached) samples."""
-    from omnidit.training.dit_train import sample_sigmas
+    """Flow matching of the fake score model on the student's (detached) samples: the DiT
+    training loss, without text dropout."""
+    from omnidit.training.dit_train import flow_loss
 
-    b = x0.shape[0]
-    x0 = x0.detach()
-    sigma = sample_sigmas(b, gen).to(x0)
-    noise = torch.randn(x0.shape, generator=gen).to(x0)
-    x_t = (1 - _bcast(sigma)) * x0 + _bcast(sigma) * noise
-    return F.mse_loss(fake(x_t, sigma * 1000.0, *cond).float(), (noise - x0).float())
+    return flow_loss(fake, x0.detach(), *cond, None, gen, dropout=0.0)

@@ -61,11 +61,12 @@ class DiTTrainConfig:
 
 def sample_sigmas(b: int, gen: torch.Generator, shift: float = 1.0) -> torch.Tensor:
     """Logit-normal noise levels (SD3), with 10 % uniform so both ends are trained; `shift` > 1
-    moves them towards pure noise (s -> shift s / (1 + (shift - 1) s), the sampling schedules' shift)."""
+    moves them towards pure noise, as the sampling schedules' shift does."""
+    from omnidit.sampling import shift_sigmas
+
     s = torch.sigmoid(torch.randn(b, generator=gen))
     u = torch.rand(b, generator=gen)
-    s = torch.where(torch.rand(b, generator=gen) < 0.1, u, s)
-    return shift * s / (1 + (shift - 1) * s)
+    return shift_sigmas(torch.where(torch.rand(b, generator=gen) < 0.1, u, s), shift)
 
 
 def flow_loss(model, x0, text, mask, pooled, null, gen: torch.Generator, dropout: float,

@@ -26,6 +26,9 @@ def add_train(sub) -> None:
     v.add_argument("--norm-groups", type=int, default=None, help="override the config's norm_num_groups")
     v.add_argument("--decoder-only", action="store_true",
                    help="fine-tune the decoder only (keeps the latent space the DiT was trained on)")
+    v.add_argument("--gan-weight", type=float, default=0.0,
+                   help="weight of a PatchGAN term that sharpens the decoder (0: L1 + KL only)")
+    v.add_argument("--gan-start", type=int, default=200, help="step from which the decoder feels the GAN term")
     v.add_argument("--seed", type=int, default=0)
     v.set_defaults(func=cmd_train_vae)
 
@@ -78,7 +81,7 @@ def cmd_train_vae(args) -> int:
                              decoder_only=args.decoder_only, object_weight=args.object_weight,
                              images_per_step=args.images_per_step, clips_per_step=args.clips_per_step,
                              workers=args.workers, keep_latents_of=args.keep_latents_of,
-                             norm_groups=args.norm_groups))
+                             norm_groups=args.norm_groups, gan_weight=args.gan_weight, gan_start=args.gan_start))
     return 0
 
 

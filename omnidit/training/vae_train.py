@@ -2,7 +2,8 @@
 
 Images (one frame) and short clips in one run: the VAE is causal, so the first frame of a
 clip is encoded exactly like an image. Loss: L1 on pixels, weighted up on object pixels
-(the background is most of the frame and easy), plus a tiny KL term.
+(the background is most of the frame and easy), plus a tiny KL term; optionally a PatchGAN
+term (`gan_weight`) that sharpens what L1 leaves blurred (small objects' corners).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from omnidit.training.common import Budget, load_checkpoint, log_metrics, save_checkpoint
+from omnidit.training.patch_gan import PatchDiscriminator, discriminator_loss, generator_loss
 
 # 64x64x3 -> 8x8x16 per frame (4x in time). A narrow decoder (8 channels at full resolution)
 # keeps a 17-frame decode around 0.15 s on a 2-core CPU; 16 latent channels keep small shapes.
@@ -56,6 +58,11 @@ class VAETrainConfig:
     keep_latents_of: str | None = None
     norm_groups: int | None = None  # override norm_num_groups (the re-fit's config change)
     anchor_weight: float = 1.0
+    # Adversarial sharpening (patch_gan.py): the discriminator trains from step 0, the decoder
+    # feels it from `gan_start` on (a random discriminator's gradients are noise).
+    gan_weight: float = 0.0
+    gan_start: int = 200
+    disc_lr: float = 2e-4
 
 
 def make_vae(norm_groups: int | None = None):
@@ -70,7 +77,7 @@ def to_video_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
 
 
-def _loss(vae, x: torch.Tensor, cfg: VAETrainConfig, ref=None) -> tuple[torch.Tensor, dict]:
+def _reconstruct(vae, x: torch.Tensor, cfg: VAETrainConfig, ref=None):
     anchor = None
     if ref is not None:  # decode the reference's latents; pull the new encoder onto them
         with torch.no_grad():
@@ -83,6 +90,12 @@ def _loss(vae, x: torch.Tensor, cfg: VAETrainConfig, ref=None) -> tuple[torch.Te
             post = vae.encode(x).latent_dist
             z = post.sample()
     rec = vae.decode(z).sample.float()  # [B, 3, F, H, W]
+    return rec, post, anchor
+
+
+def _loss(vae, x: torch.Tensor, cfg: VAETrainConfig, ref=None, disc=None) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """(loss, logs, reconstruction); `disc` adds the adversarial term."""
+    rec, post, anchor = _reconstruct(vae, x, cfg, ref)
     # Object pixels differ from the frame's corner colour (the background); weight them up.
     bg = x[:, :, :, :1, :1]
     obj = ((x - bg).abs().amax(1, keepdim=True) > 0.05).float()
@@ -92,8 +105,14 @@ def _loss(vae, x: torch.Tensor, cfg: VAETrainConfig, ref=None) -> tuple[torch.Te
     logs = {"l1": float((rec - x).abs().mean().detach()), "kl": float(kl.detach())}
     if anchor is not None:
         logs["anchor"] = float(anchor.detach())
-        return l1 + cfg.anchor_weight * anchor, logs
-    return l1 + cfg.kl_weight * kl, logs
+        loss = l1 + cfg.anchor_weight * anchor
+    else:
+        loss = l1 + cfg.kl_weight * kl
+    if disc is not None:
+        g = generator_loss(disc, rec)
+        logs["gan_g"] = float(g.detach())
+        loss = loss + cfg.gan_weight * g
+    return loss, logs, rec
 
 
 def train_vae(cfg: VAETrainConfig) -> Path:
@@ -125,12 +144,19 @@ def train_vae(cfg: VAETrainConfig) -> Path:
         vae.quant_conv.requires_grad_(False)
         params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    disc = disc_opt = None
+    if cfg.gan_weight > 0:
+        disc = PatchDiscriminator().to(device).train()
+        disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
     step = 0
     ck = load_checkpoint(out / "checkpoint.pt")
     if ck is not None:
         vae.load_state_dict(ck["vae"])
         opt.load_state_dict(ck["opt"])
         step = ck["step"]
+        if disc is not None and "disc" in ck:
+            disc.load_state_dict(ck["disc"])
+            disc_opt.load_state_dict(ck["disc_opt"])
         print(f"resumed VAE training at step {step}")
     # A resumed run draws new scenes (the stream is seeded by the start step), not a replay.
     images = stream_batches(cfg.images_per_step, frames=1, size=cfg.size, seed=cfg.seed, start=step,
@@ -146,22 +172,36 @@ def train_vae(cfg: VAETrainConfig) -> Path:
         lr = cfg.lr * min(1.0, (step + 1) / 100) * (0.55 + 0.45 * math.cos(math.pi * budget.fraction(step)))
         for g in opt.param_groups:
             g["lr"] = lr
+        adversary = disc if disc is not None and step >= cfg.gan_start else None
+        pairs = []  # (real, reconstruction) for the discriminator's step
         with autocast:
-            loss, logs = _loss(vae, to_video_tensor(next(images)[1].to(device)), cfg, ref)
+            x = to_video_tensor(next(images)[1].to(device))
+            loss, logs, rec = _loss(vae, x, cfg, ref, adversary)
+            pairs.append((x, rec))
             if clips is not None and step % cfg.clip_every == 0:
-                vloss, vlogs = _loss(vae, to_video_tensor(next(clips)[1].to(device)), cfg, ref)
+                x = to_video_tensor(next(clips)[1].to(device))
+                vloss, vlogs, rec = _loss(vae, x, cfg, ref, adversary)
                 loss = loss + vloss
                 logs["video_l1"] = vlogs["l1"]
+                pairs.append((x, rec))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
+        if disc is not None:
+            with autocast:
+                d_loss = sum(discriminator_loss(disc, x, rec) for x, rec in pairs)
+            disc_opt.zero_grad(set_to_none=True)  # also drops what the decoder's loss left on it
+            d_loss.backward()
+            disc_opt.step()
+            logs["gan_d"] = float(d_loss.detach())
         step += 1
         bar.update(1)
         bar.set_postfix(l1=f"{logs['l1']:.4f}", refresh=False)
         if step % cfg.checkpoint_every == 0 or budget.done(step):
+            extra = {"disc": disc.state_dict(), "disc_opt": disc_opt.state_dict()} if disc is not None else {}
             save_checkpoint(out / "checkpoint.pt", vae=vae.state_dict(), opt=opt.state_dict(),
-                            step=step, config=asdict(cfg))
+                            step=step, config=asdict(cfg), **extra)
             log_metrics(out / "metrics.jsonl", {"step": step, "loss": float(loss.detach()), **logs,
                                                  "seconds": round(time.time() - t0, 1)})
     bar.close()

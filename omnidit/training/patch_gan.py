@@ -9,7 +9,7 @@ same reason the SD and HunyuanVideo VAEs train with one). Video frames are judge
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 
 class PatchDiscriminator(nn.Module):

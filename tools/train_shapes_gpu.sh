@@ -12,6 +12,8 @@
 # The DiT stage alternates image and video batches (VIDEO_EVERY=1) and shifts the video batches'
 # noise levels towards 1 (VIDEO_SHIFT=3): the shipped model, trained with VIDEO_EVERY=3 VIDEO_SHIFT=1
 # (one video batch in four, no shift), learned motion without its direction (tools/motion_probe.py).
+# GAN_WEIGHT > 0 adds the PatchGAN term to the VAE from GAN_START on (sharper small shapes; on the
+# CPU a decoder-only fine-tune with it needed OBJECT_WEIGHT=3 to stop stray blobs: BENCHMARKS.md).
 set -euo pipefail
 RUN=${RUN:-runs/gpu}
 TE=${TE:-.carry/minilm}
@@ -22,7 +24,8 @@ stage=$1
 case "$stage" in
   vae)
     python3 -m omnidit train vae --out "$RUN/vae" --minutes "$2" --lr 2e-3 --images-per-step 64 \
-      --clips-per-step 8 --workers "$WORKERS" ;;
+      --clips-per-step 8 --workers "$WORKERS" --gan-weight "${GAN_WEIGHT:-0}" --gan-start "${GAN_START:-1000}" \
+      --object-weight "${OBJECT_WEIGHT:-10}" ;;
   dit)
     python3 -m omnidit train dit --data online --vae "$RUN/vae/vae" --out "$RUN/dit" --minutes "$2" \
       --lr 6e-4 --image-batch 256 --video-batch 32 --video-every "${VIDEO_EVERY:-1}" --video-shift "${VIDEO_SHIFT:-3}" \
@@ -30,6 +33,8 @@ case "$stage" in
   preflight)
     pf=${PF:-/tmp/omnidit-preflight}; rm -rf "$pf"
     python3 -c "import pathlib; from omnidit.training.vae_train import make_vae, export_vae; export_vae(make_vae(), pathlib.Path('$pf/vae'), n=32)"
+    python3 -m omnidit train vae --init-from "$pf/vae" --decoder-only --out "$pf/vae-gan" --steps 3 --gan-weight 0.02 \
+      --gan-start 1 --images-per-step 8 --clips-per-step 1
     python3 -m omnidit train dit --data online --vae "$pf/vae" --out "$pf/dit" --steps 3 --image-batch "$PF_BATCH" \
       --video-batch $((PF_BATCH / 8)) --video-every 1 --video-shift 3 --workers 2 --text-encoder "$TE" --eval-every 3 --eval-n 4
     python3 -m omnidit train export --checkpoint "$pf/dit/checkpoint.pt" --vae "$pf/vae" --out "$pf/teacher" --weights raw

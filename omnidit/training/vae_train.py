@@ -173,6 +173,8 @@ def train_vae(cfg: VAETrainConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr
         adversary = disc if disc is not None and step >= cfg.gan_start else None
+        if disc is not None:
+            disc.requires_grad_(False)  # the decoder's step needs gradients through it, not for it
         pairs = []  # (real, reconstruction) for the discriminator's step
         with autocast:
             x = to_video_tensor(next(images)[1].to(device))
@@ -189,9 +191,10 @@ def train_vae(cfg: VAETrainConfig) -> Path:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         if disc is not None:
+            disc.requires_grad_(True)
             with autocast:
                 d_loss = sum(discriminator_loss(disc, x, rec) for x, rec in pairs)
-            disc_opt.zero_grad(set_to_none=True)  # also drops what the decoder's loss left on it
+            disc_opt.zero_grad(set_to_none=True)
             d_loss.backward()
             disc_opt.step()
             logs["gan_d"] = float(d_loss.detach())

@@ -29,6 +29,9 @@ def add_train(sub) -> None:
     v.add_argument("--gan-weight", type=float, default=0.0,
                    help="weight of a PatchGAN term that sharpens the decoder (0: L1 + KL only)")
     v.add_argument("--gan-start", type=int, default=200, help="step from which the decoder feels the GAN term")
+    v.add_argument("--spatial-compression", type=int, choices=(4, 8), default=8,
+                   help="a new VAE's spatial downsampling (64x64 -> 8x8 or 16x16 latents)")
+    v.add_argument("--latent-channels", type=int, default=16, help="a new VAE's latent channels")
     v.add_argument("--seed", type=int, default=0)
     v.set_defaults(func=cmd_train_vae)
 
@@ -59,6 +62,8 @@ def add_train(sub) -> None:
                    help="shift video batches' noise levels towards pure noise (where motion is decided); 1 = none")
     d.add_argument("--init-from", default=None,
                    help="fine-tune: start from this model (a name such as shapes, or a model folder)")
+    d.add_argument("--patch-size", type=int, choices=(1, 2), default=None,
+                   help="a new DiT's spatial patch (default: the preset's, 1; 2 suits a --spatial-compression 4 VAE)")
     d.add_argument("--eval-every", type=int, default=1000)
     d.add_argument("--eval-n", type=int, default=32)
     d.add_argument("--seed", type=int, default=0)
@@ -81,7 +86,8 @@ def cmd_train_vae(args) -> int:
                              decoder_only=args.decoder_only, object_weight=args.object_weight,
                              images_per_step=args.images_per_step, clips_per_step=args.clips_per_step,
                              workers=args.workers, keep_latents_of=args.keep_latents_of,
-                             norm_groups=args.norm_groups, gan_weight=args.gan_weight, gan_start=args.gan_start))
+                             norm_groups=args.norm_groups, gan_weight=args.gan_weight, gan_start=args.gan_start,
+                             spatial_compression=args.spatial_compression, latent_channels=args.latent_channels))
     return 0
 
 
@@ -125,6 +131,7 @@ def cmd_train_dit(args) -> int:
         lr=args.lr, image_batch=args.image_batch, video_batch=args.video_batch, eval_every=args.eval_every,
         eval_n=args.eval_n, seed=args.seed, data=args.data, workers=args.workers, text_encoder=args.text_encoder,
         video_every=args.video_every, init_from=args.init_from, video_shift=args.video_shift,
+        patch_size=args.patch_size,
     ))
     return 0
 

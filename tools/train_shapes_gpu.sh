@@ -3,6 +3,9 @@
 #
 #   bash tools/train_shapes_gpu.sh vae MINUTES      # the causal video VAE
 #   bash tools/train_shapes_gpu.sh dit MINUTES      # the DiT on scenes rendered on the fly (resumes)
+#   bash tools/train_shapes_gpu.sh export           # the DiT's EMA weights + the VAE as a model folder ($RUN/export-ema)
+#   bash tools/train_shapes_gpu.sh distill MINUTES  # the 4-step consistency student of that teacher ($RUN/turbo)
+#   bash tools/train_shapes_gpu.sh eval             # omnidit eval of student vs teacher ($RUN/eval.json)
 #   bash tools/train_shapes_gpu.sh pack DIR         # export $WEIGHTS (ema raw) weights, tar them into DIR in 15 MB parts
 #   bash tools/train_shapes_gpu.sh preflight        # 3 steps of every stage on a random model (catches GPU-only failures)
 #
@@ -14,8 +17,12 @@
 # (one video batch in four, no shift), learned motion without its direction (tools/motion_probe.py).
 # GAN_WEIGHT > 0 adds the PatchGAN term to the VAE from GAN_START on (sharper small shapes; on the
 # CPU a decoder-only fine-tune with it needed OBJECT_WEIGHT=3 to stop stray blobs: BENCHMARKS.md).
+# SPATIAL=4 LATENT_CH=4 PATCH=2 builds a VAE with 16x16x4 latents per 64x64 frame and a DiT with
+# 2x2 patches on them (still 64 tokens a frame): small shapes keep their corners in the latents.
+# VAE=<folder> INIT_FROM=<model> fine-tunes an existing DiT on an existing VAE (skip the vae stage).
 set -euo pipefail
 RUN=${RUN:-runs/gpu}
+VAE=${VAE:-$RUN/vae/vae}
 TE=${TE:-.carry/minilm}
 WORKERS=${WORKERS:-6}
 WEIGHTS=${WEIGHTS:-ema raw}
@@ -25,31 +32,43 @@ case "$stage" in
   vae)
     python3 -m omnidit train vae --out "$RUN/vae" --minutes "$2" --lr 2e-3 --images-per-step 64 \
       --clips-per-step 8 --workers "$WORKERS" --gan-weight "${GAN_WEIGHT:-0}" --gan-start "${GAN_START:-1000}" \
-      --object-weight "${OBJECT_WEIGHT:-10}" ;;
+      --object-weight "${OBJECT_WEIGHT:-10}" --spatial-compression "${SPATIAL:-8}" --latent-channels "${LATENT_CH:-16}" ;;
   dit)
-    python3 -m omnidit train dit --data online --vae "$RUN/vae/vae" --out "$RUN/dit" --minutes "$2" \
-      --lr 6e-4 --image-batch 256 --video-batch 32 --video-every "${VIDEO_EVERY:-1}" --video-shift "${VIDEO_SHIFT:-3}" \
+    python3 -m omnidit train dit --data online --vae "$VAE" --out "$RUN/dit" --minutes "$2" \
+      ${PATCH:+--patch-size "$PATCH"} ${INIT_FROM:+--init-from "$INIT_FROM"} --lr "${LR:-6e-4}" --image-batch 256 --video-batch 32 --video-every "${VIDEO_EVERY:-1}" --video-shift "${VIDEO_SHIFT:-3}" \
       --workers "$WORKERS" --text-encoder "$TE" --eval-every 1000 --eval-n 64 ;;
   preflight)
     pf=${PF:-/tmp/omnidit-preflight}; rm -rf "$pf"
-    python3 -c "import pathlib; from omnidit.training.vae_train import make_vae, export_vae; export_vae(make_vae(), pathlib.Path('$pf/vae'), n=32)"
+    python3 -c "import pathlib; from omnidit.training.vae_train import make_vae, export_vae; export_vae(make_vae(None, ${SPATIAL:-8}, ${LATENT_CH:-16}), pathlib.Path('$pf/vae'), n=32)"
     python3 -m omnidit train vae --init-from "$pf/vae" --decoder-only --out "$pf/vae-gan" --steps 3 --gan-weight 0.02 \
       --gan-start 1 --images-per-step 8 --clips-per-step 1
-    python3 -m omnidit train dit --data online --vae "$pf/vae" --out "$pf/dit" --steps 3 --image-batch "$PF_BATCH" \
+    python3 -m omnidit train dit --data online --vae "$pf/vae" --out "$pf/dit" --steps 3 --image-batch "$PF_BATCH" ${PATCH:+--patch-size "$PATCH"} \
       --video-batch $((PF_BATCH / 8)) --video-every 1 --video-shift 3 --workers 2 --text-encoder "$TE" --eval-every 3 --eval-n 4
     python3 -m omnidit train export --checkpoint "$pf/dit/checkpoint.pt" --vae "$pf/vae" --out "$pf/teacher" --weights raw
     python3 -m omnidit distill --teacher "$pf/teacher" --data online --max-steps 3 --image-batch "$PF_BATCH" \
       --video-batch $((PF_BATCH / 8)) --video-every 1 --workers 2 --text-encoder "$TE" --eval-every 3 --eval-n 4 \
       --out "$pf/student" ;;
+  export)
+    python3 -m omnidit train export --checkpoint "$RUN/dit/checkpoint.pt" --vae "$VAE" --out "$RUN/export-ema" --weights ema
+    cp "$RUN/dit/metrics.jsonl" "$RUN/export-ema/dit-metrics.jsonl"
+    if [ -f "$RUN/vae/metrics.jsonl" ]; then cp "$RUN/vae/metrics.jsonl" "$RUN/export-ema/vae-metrics.jsonl"; fi ;;
+  distill)
+    python3 -m omnidit distill --teacher "$RUN/export-ema" --method consistency --steps 4 --lr 2e-4 --minutes "$2" \
+      --data online --image-batch 256 --video-batch 32 --video-every 1 --workers "$WORKERS" --text-encoder "$TE" \
+      --eval-every 200 --eval-n 64 --out "$RUN/turbo"
+    cp "$RUN/turbo.run/metrics.jsonl" "$RUN/turbo/distill-metrics.jsonl" ;;
+  eval)
+    python3 -m omnidit eval --model "$RUN/turbo" --teacher "$RUN/export-ema" --n 200 --videos 100 --batch-size 50 \
+      --json "$RUN/eval.json" ;;
   pack)
     out=$2
     for w in $WEIGHTS; do
-      python3 -m omnidit train export --checkpoint "$RUN/dit/checkpoint.pt" --vae "$RUN/vae/vae" \
+      python3 -m omnidit train export --checkpoint "$RUN/dit/checkpoint.pt" --vae "$VAE" \
         --out "$RUN/export-$w" --weights "$w"
     done
     cp "$RUN/dit/metrics.jsonl" "$RUN/export-ema/dit-metrics.jsonl"
-    cp "$RUN/vae/metrics.jsonl" "$RUN/export-ema/vae-metrics.jsonl"
+    if [ -f "$RUN/vae/metrics.jsonl" ]; then cp "$RUN/vae/metrics.jsonl" "$RUN/export-ema/vae-metrics.jsonl"; fi
     tar -C "$RUN" -cf - $(for w in $WEIGHTS; do echo "export-$w"; done) | split -b 15m - "$out/model.tar.part-" ;;
   *)
-    echo "usage: $0 vae MINUTES | dit MINUTES | pack DIR | preflight" >&2; exit 2 ;;
+    echo "usage: $0 vae MINUTES | dit MINUTES | export | distill MINUTES | eval | pack DIR | preflight" >&2; exit 2 ;;
 esac

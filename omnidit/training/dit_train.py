@@ -57,6 +57,7 @@ class DiTTrainConfig:
     refresh_every: int = 200  # pick up cache chunks written by a build running beside training
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # DiTConfig fields to change from the preset
+    patch_size: int | None = None  # spatial patch of a new DiT (2 on a 4x VAE's 16x16 latents: 64 tokens)
 
 
 def sample_sigmas(b: int, gen: torch.Generator, shift: float = 1.0) -> torch.Tensor:
@@ -102,6 +103,10 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
         dit_cfg = read_config(resolve_model(cfg.init_from) / "transformer")
     else:
         dit_cfg = preset(cfg.preset)
+        # A new DiT reads and writes the VAE's latents, whatever their channel count.
+        dit_cfg.in_channels = dit_cfg.out_channels = vae_latent_channels(Path(cfg.vae))
+        if cfg.patch_size:
+            dit_cfg.patch_size = cfg.patch_size
     for k, v in cfg.overrides.items():
         setattr(dit_cfg, k, v)
     model = DiT(dit_cfg)
@@ -165,8 +170,19 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
             scores = quick_eval(ema.model, Path(cfg.vae), text_encoder, n=cfg.eval_n, seed=cfg.seed + 7)
             log_metrics(out / "metrics.jsonl", {"step": step, "eval": scores})
             acc.print(f"step {step} eval: {scores}")
+            if videos is not None and acc.device.type == "cuda":  # 17-frame samples: too slow on a CPU
+                vscores = quick_eval(ema.model, Path(cfg.vae), text_encoder, n=max(1, cfg.eval_n // 2),
+                                     seed=cfg.seed + 7, video=True)
+                log_metrics(out / "metrics.jsonl", {"step": step, "video_eval": vscores})
+                acc.print(f"step {step} video eval: {vscores}")
     bar.close()
     return out
+
+
+def vae_latent_channels(vae_dir: Path) -> int:
+    import json
+
+    return int(json.loads((vae_dir / "config.json").read_text())["latent_channels"])
 
 
 def open_data(cfg: DiTTrainConfig, device: torch.device, text_encoder, *, start: int):
@@ -191,8 +207,8 @@ def open_data(cfg: DiTTrainConfig, device: torch.device, text_encoder, *, start:
 
 @torch.no_grad()
 def quick_eval(dit, vae_dir: Path, text_encoder, *, n: int, seed: int, steps: int | None = 20,
-               sampling: dict | None = None) -> dict:
-    """Adherence of a training model on `n` image prompts: a training-time health check.
+               sampling: dict | None = None, video: bool = False) -> dict:
+    """Adherence of a training model on `n` image (or 17-frame video) prompts: a training-time health check.
     `sampling` (a PipelineConfig dict) defaults to the shapes model's; `steps` None = its own."""
     from omnidit.pipeline import Pipeline
     from omnidit.pipeline_config import PipelineConfig
@@ -202,7 +218,8 @@ def quick_eval(dit, vae_dir: Path, text_encoder, *, n: int, seed: int, steps: in
     cfg = PipelineConfig.from_dict(sampling or SHAPES_SAMPLING)
     device = next(dit.parameters()).device
     pipe = Pipeline(dit.eval(), VideoVAE.from_pretrained(vae_dir, device=device), text_encoder, cfg, name="training")
-    return eval_pipeline(pipe, eval_prompts(n, seed=seed, video=False), steps=steps, seed=seed)["scores"]
+    return eval_pipeline(pipe, eval_prompts(n, seed=seed, video=video), frames=17 if video else 1, steps=steps,
+                         seed=seed, batch_size=32 if device.type == "cuda" else 8)["scores"]
 
 
 # The embedded model's sampling defaults, written into its model_index.json at export.

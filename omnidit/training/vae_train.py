@@ -57,6 +57,8 @@ class VAETrainConfig:
     # them and the new encoder learns to reproduce them.
     keep_latents_of: str | None = None
     norm_groups: int | None = None  # override norm_num_groups (the re-fit's config change)
+    spatial_compression: int = 8  # a new VAE's downsampling: 8 (64x64 -> 8x8) or 4 (-> 16x16)
+    latent_channels: int = 16  # a new VAE's latent channels
     anchor_weight: float = 1.0
     # Adversarial sharpening (patch_gan.py): the discriminator trains from step 0, the decoder
     # feels it from `gan_start` on (a random discriminator's gradients are noise).
@@ -65,10 +67,15 @@ class VAETrainConfig:
     disc_lr: float = 2e-4
 
 
-def make_vae(norm_groups: int | None = None):
+def make_vae(norm_groups: int | None = None, spatial_compression: int = 8, latent_channels: int = 16):
+    """The shapes VAE. `spatial_compression` 4 (with fewer latent channels) keeps small objects'
+    corners: a 64x64 frame becomes 16x16 latents, so a small shape spans a few latent pixels."""
     from diffusers import AutoencoderKLHunyuanVideo
 
-    return AutoencoderKLHunyuanVideo(**{**SHAPES_VAE_CONFIG, **({"norm_num_groups": norm_groups} if norm_groups else {})})
+    conf = {**SHAPES_VAE_CONFIG, "spatial_compression_ratio": spatial_compression, "latent_channels": latent_channels}
+    if norm_groups:
+        conf["norm_num_groups"] = norm_groups
+    return AutoencoderKLHunyuanVideo(**conf)
 
 
 def to_video_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -136,7 +143,7 @@ def train_vae(cfg: VAETrainConfig) -> Path:
     elif cfg.init_from:
         vae = AutoencoderKLHunyuanVideo.from_pretrained(cfg.init_from).float().train()
     else:
-        vae = make_vae(norm_groups=cfg.norm_groups).train()
+        vae = make_vae(cfg.norm_groups, cfg.spatial_compression, cfg.latent_channels).train()
     vae.to(device)
     params = list(vae.parameters())
     if cfg.decoder_only:

@@ -186,3 +186,37 @@ def test_vae_decoder_gan_finetune_keeps_encoder_and_resumes(tmp_path, capsys):
         assert torch.equal(a, b), name  # the latent space the DiT learned is untouched
     assert any(not torch.equal(a, b) for a, b in zip(old.decoder.state_dict().values(),
                                                        new.decoder.state_dict().values()))
+
+
+def test_4x_vae_and_patch_2_dit_train_export_and_generate(tmp_path):
+    """--spatial-compression 4 --latent-channels 4 with --patch-size 2: 16x16x4 latents per 64x64
+    frame, still 64 DiT tokens; the DiT takes its channels from the VAE and the exported folder generates."""
+    import torch
+
+    from omnidit.pipeline import Pipeline
+    from omnidit.training.dit_train import SHAPES_SAMPLING, DiTTrainConfig, train_dit
+    from omnidit.training.export import export_model
+    from omnidit.training.vae_train import VAETrainConfig, make_vae, train_vae
+
+    with torch.no_grad():
+        z = make_vae(None, 4, 4).encode(torch.zeros(1, 3, 5, 64, 64)).latent_dist.mode()
+    assert tuple(z.shape) == (1, 4, 2, 16, 16)
+
+    vae = train_vae(VAETrainConfig(out=str(tmp_path / "vae"), max_steps=2, max_minutes=None, images_per_step=2,
+                                   clips_per_step=1, clip_frames=5, eval_n=2, spatial_compression=4,
+                                   latent_channels=4))
+    conf = json.loads((vae / "config.json").read_text())
+    assert conf["spatial_compression_ratio"] == 4 and conf["latent_channels"] == 4
+
+    train_dit(DiTTrainConfig(
+        out=str(tmp_path / "dit"), vae=str(vae), data="online", workers=0, image_batch=2, video_batch=1,
+        video_frames=5, max_steps=2, max_minutes=None, checkpoint_every=2, eval_every=0, patch_size=2,
+        overrides=dict(num_attention_heads=2, attention_head_dim=16, num_layers=1, num_single_layers=1,
+                       rope_axes_dim=(4, 6, 6))))
+    ck = torch.load(tmp_path / "dit" / "checkpoint.pt", weights_only=False)
+    assert ck["dit_config"]["in_channels"] == ck["dit_config"]["out_channels"] == 4
+    assert ck["dit_config"]["patch_size"] == 2
+
+    model = export_model(tmp_path / "dit" / "checkpoint.pt", vae, tmp_path / "model", sampling=SHAPES_SAMPLING)
+    frames = Pipeline.from_pretrained(model).generate("a red circle on a black background", steps=2).frames
+    assert frames.shape[-3:] == (64, 64, 3)

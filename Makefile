@@ -34,9 +34,10 @@ clean:
 train-shapes: install
 	$(VENV)/bin/omnidit train vae --out runs/shapes/vae --minutes 60 --lr 1.5e-3 --clip-every 3
 	$(VENV)/bin/omnidit train cache --vae runs/shapes/vae/vae --out runs/shapes/cache --images 24576 --videos 3072
-	$(VENV)/bin/omnidit train dit --vae runs/shapes/vae/vae --cache runs/shapes/cache --out runs/shapes/dit --minutes 240
+	$(VENV)/bin/omnidit train dit --vae runs/shapes/vae/vae --cache runs/shapes/cache --out runs/shapes/dit --minutes 240 \
+		--video-every 1 --video-shift 3
 	$(VENV)/bin/omnidit train export --checkpoint runs/shapes/dit/checkpoint.pt --vae runs/shapes/vae/vae --out runs/shapes/export
 
 distill-shapes: install
 	$(VENV)/bin/omnidit distill --teacher shapes --method consistency --steps 4 --data online --workers 0 \
-		--image-batch 16 --video-batch 2 --minutes 90 --out runs/distill/shapes-turbo/model
+		--image-batch 16 --video-batch 2 --video-every 1 --minutes 90 --out runs/distill/shapes-turbo/model

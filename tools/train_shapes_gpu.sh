@@ -47,7 +47,8 @@ case "$stage" in
     python3 -m omnidit train export --checkpoint "$pf/dit/checkpoint.pt" --vae "$pf/vae" --out "$pf/teacher" --weights raw
     python3 -m omnidit distill --teacher "$pf/teacher" --data online --max-steps 3 --image-batch "$PF_BATCH" \
       --video-batch $((PF_BATCH / 8)) --video-every 1 --workers 2 --text-encoder "$TE" --eval-every 3 --eval-n 4 \
-      --out "$pf/student" ;;
+      --out "$pf/student"
+    python3 -m omnidit eval --model "$pf/student" --teacher "$pf/teacher" --n 2 --videos 1 --device cuda --text-encoder "$TE" ;;
   export)
     python3 -m omnidit train export --checkpoint "$RUN/dit/checkpoint.pt" --vae "$VAE" --out "$RUN/export-ema" --weights ema
     cp "$RUN/dit/metrics.jsonl" "$RUN/export-ema/dit-metrics.jsonl"
@@ -59,7 +60,7 @@ case "$stage" in
     cp "$RUN/turbo.run/metrics.jsonl" "$RUN/turbo/distill-metrics.jsonl" ;;
   eval)
     python3 -m omnidit eval --model "$RUN/turbo" --teacher "$RUN/export-ema" --n 200 --videos 100 --batch-size 50 \
-      --json "$RUN/eval.json" ;;
+      --device cuda --text-encoder "$TE" --json "$RUN/eval.json" ;;
   pack)
     out=$2
     for w in $WEIGHTS; do

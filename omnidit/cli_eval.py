@@ -21,7 +21,7 @@ def add_eval(sub) -> None:
                    help="compare --model (a distilled student) with this teacher: the teacher at its default steps, "
                         "the teacher at --steps, the student at --steps; paired PSNR/SSIM, diversity, speed")
     p.add_argument("--json", default=None, help="also write the results here")
-    p.add_argument("--device", default="cpu", help="cpu (the machine BENCHMARKS.md reports) or cuda")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu (the machine BENCHMARKS.md reports) or cuda")
     p.add_argument("--text-encoder", default=None,
                    help="a local sentence-encoder folder to use instead of the models' own (offline GPU boxes)")
     p.set_defaults(func=cmd_eval)
@@ -35,8 +35,6 @@ def cmd_eval(args) -> int:
 
     if args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
-    if args.device not in ("cpu", "cuda"):
-        raise UserError(f"--device must be one of ['cpu', 'cuda'], got {args.device!r}")
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -116,18 +116,10 @@ class Pipeline:
         dit = DiT.from_pretrained(model_dir / "transformer", dtype=dtype, device=device).eval()
         # The VAE decodes in fp32 on CPU; on GPU its activations fit bf16 comfortably.
         vae = VideoVAE.from_pretrained(model_dir / "vae", dtype=dtype, device=device)
-        if text_encoder is not None:
-            spec = index.get("text_encoder")
-            if not (isinstance(spec, dict) and spec.get("kind") == "sentence"):
-                raise ValueError(f"a text encoder override needs a model with a sentence encoder; {model_dir} has {spec!r}")
-            if not Path(text_encoder, "config.json").is_file():
-                raise ValueError(f"text encoder {str(text_encoder)!r} is not a sentence-encoder folder (no config.json)")
-            te = load_text_encoder({**spec, "path": str(Path(text_encoder).resolve())}, dtype=dtype, device=device)
-        else:
-            te = load_text_encoder(model_dir, dtype=dtype, device=device)
+        text_encoder = load_text_encoder(model_dir, dtype=dtype, device=device, sentence_path=text_encoder)
         config = read_pipeline_config(model_dir, index, dit.config.guidance_embeds)
         name = model_dir.name if model_dir.parent == MODELS_DIR else str(model_dir)
-        return cls(dit, vae, te, config, name=name, parallel=parallel)
+        return cls(dit, vae, text_encoder, config, name=name, parallel=parallel)
 
     @property
     def device(self) -> torch.device:

@@ -41,10 +41,7 @@ def load_teacher(name_or_dir: str, *, device: torch.device, text_encoder: str | 
     index = json.loads((model_dir / "model_index.json").read_text())
     dit = DiT.from_pretrained(model_dir / "transformer", dtype=torch.float32, device=device)
     dit.eval().requires_grad_(False)
-    if text_encoder:
-        te = load_text_encoder({"kind": "sentence", "path": str(Path(text_encoder).resolve())}, device=device)
-    else:
-        te = load_text_encoder(model_dir, device=device)
+    te = load_text_encoder(model_dir, device=device, sentence_path=text_encoder or None)
     config = read_pipeline_config(model_dir, index, dit.config.guidance_embeds)
     name = model_dir.name if model_dir.parent == MODELS_DIR else str(model_dir)
     return Teacher(name, model_dir, index, dit, te, config)

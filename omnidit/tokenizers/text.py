@@ -285,8 +285,12 @@ def load_text_encoder(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     base_dir: str | Path | None = None,
+    sentence_path: str | Path | None = None,
 ) -> TextEncoder:
     """Build a text encoder from a folder or a spec dict.
+
+    `sentence_path` replaces the path of a model folder's sentence-encoder spec with a local
+    folder (the same weights elsewhere, e.g. a packed copy on a machine without the package).
 
     - a diffusers HunyuanVideo folder (text_encoder/ + text_encoder_2/) -> HunyuanTextEncoder
     - a folder whose model_index.json has a dict spec under "text_encoder" -> that spec,
@@ -322,8 +326,16 @@ def load_text_encoder(
     index = folder / "model_index.json"
     if index.is_file():
         spec = json.loads(index.read_text()).get("text_encoder")
+        if sentence_path is not None:
+            if not (isinstance(spec, dict) and spec.get("kind") == "sentence"):
+                raise ValueError(f"a text encoder override needs a model with a sentence encoder; {folder} has {spec!r}")
+            if not Path(sentence_path, "config.json").is_file():
+                raise ValueError(f"text encoder {str(sentence_path)!r} is not a sentence-encoder folder (no config.json)")
+            spec = {**spec, "path": str(Path(sentence_path).resolve())}
         if isinstance(spec, dict):
             return load_text_encoder(spec, dtype=dtype, device=device, base_dir=folder)
+    if sentence_path is not None:
+        raise ValueError(f"a text encoder override needs a model with a sentence encoder; {folder} has none")
     raise ValueError(
         f"spec_or_dir {str(folder)!r} is neither a HunyuanVideo pipeline folder (text_encoder/ + text_encoder_2/) "
         "nor a folder whose model_index.json has a 'text_encoder' spec dict"

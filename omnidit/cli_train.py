@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -24,6 +25,9 @@ def add_train(sub) -> None:
                    help="re-fit under a changed config while keeping this VAE's latent space (its encoder, frozen, "
                         "defines the latents a DiT was trained on)")
     v.add_argument("--norm-groups", type=int, default=None, help="override the config's norm_num_groups")
+    v.add_argument("--layers-per-block", type=int, default=None,
+                   help="with --init-from: deepen the VAE to this many residual blocks per level; the added blocks "
+                        "start as identities, so the latent space is unchanged (pair with --decoder-only)")
     v.add_argument("--decoder-only", action="store_true",
                    help="fine-tune the decoder only (keeps the latent space the DiT was trained on)")
     v.add_argument("--gan-weight", type=float, default=0.0,
@@ -79,7 +83,17 @@ def add_train(sub) -> None:
 
 
 def cmd_train_vae(args) -> int:
+    from omnidit.cli import UserError
     from omnidit.training.vae_train import VAETrainConfig, train_vae
+
+    if args.layers_per_block is not None:
+        if not args.init_from:
+            raise UserError("--layers-per-block deepens an existing VAE: give --init-from VAE_DIR")
+        if not Path(args.init_from, "config.json").is_file():
+            raise UserError(f"--init-from {args.init_from!r} is not a saved VAE folder (no config.json)")
+        old = json.loads(Path(args.init_from, "config.json").read_text())["layers_per_block"]
+        if args.layers_per_block < old:
+            raise UserError(f"--layers-per-block must be >= the VAE's own {old}, got {args.layers_per_block}")
 
     train_vae(VAETrainConfig(out=args.out, max_minutes=args.minutes, max_steps=args.steps, seed=args.seed,
                              lr=args.lr, clip_every=args.clip_every, init_from=args.init_from,
@@ -87,7 +101,8 @@ def cmd_train_vae(args) -> int:
                              images_per_step=args.images_per_step, clips_per_step=args.clips_per_step,
                              workers=args.workers, keep_latents_of=args.keep_latents_of,
                              norm_groups=args.norm_groups, gan_weight=args.gan_weight, gan_start=args.gan_start,
-                             spatial_compression=args.spatial_compression, latent_channels=args.latent_channels))
+                             spatial_compression=args.spatial_compression, latent_channels=args.latent_channels,
+                             layers_per_block=args.layers_per_block))
     return 0
 
 

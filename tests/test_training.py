@@ -188,6 +188,56 @@ def test_vae_decoder_gan_finetune_keeps_encoder_and_resumes(tmp_path, capsys):
                                                        new.decoder.state_dict().values()))
 
 
+def test_grown_vae_computes_the_same_and_fine_tunes_its_decoder(tmp_path):
+    """--layers-per-block: added residual blocks start as identities, so the latent space a DiT
+    learned and the decoder's output are unchanged until the decoder is fine-tuned."""
+    import pytest
+    import torch
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    from omnidit.training.vae_train import VAETrainConfig, grow_layers, train_vae
+
+    src = make_tiny_model_dir(tmp_path / "tiny") / "vae"
+    old = AutoencoderKLHunyuanVideo.from_pretrained(src).eval()
+    depth = old.config.layers_per_block
+    grown = grow_layers(old, depth + 1).eval()
+    assert grown.config.layers_per_block == depth + 1
+    assert sum(p.numel() for p in grown.decoder.parameters()) > sum(p.numel() for p in old.decoder.parameters())
+    x = torch.rand(2, 3, 5, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z = old.encode(x).latent_dist.mean
+        assert torch.allclose(grown.encode(x).latent_dist.mean, z, atol=1e-6)
+        assert torch.allclose(grown.decode(z).sample, old.decode(z).sample, atol=1e-6)
+    with pytest.raises(ValueError, match="layers_per_block"):
+        grow_layers(grown, depth)
+
+    folder = train_vae(VAETrainConfig(out=str(tmp_path / "deep"), init_from=str(src), layers_per_block=depth + 1,
+                                      decoder_only=True, max_steps=4, max_minutes=None, images_per_step=4,
+                                      clips_per_step=0, checkpoint_every=2, eval_n=4))
+    new = AutoencoderKLHunyuanVideo.from_pretrained(folder).eval()
+    assert new.config.layers_per_block == depth + 1
+    assert new.config.scaling_factor == old.config.scaling_factor
+    with torch.no_grad():
+        assert torch.allclose(new.encode(x).latent_dist.mean, z, atol=1e-6)  # same latents
+        assert not torch.allclose(new.decode(z).sample, old.decode(z).sample, atol=1e-4)  # decoder trained
+
+
+def test_train_vae_cli_rejects_layers_per_block_without_a_vae(tmp_path, capsys):
+    import pytest
+
+    from omnidit.cli import main
+
+    src = make_tiny_model_dir(tmp_path / "tiny") / "vae"
+    for argv, words in ((["--layers-per-block", "2"], ["--layers-per-block", "--init-from"]),
+                        (["--layers-per-block", "0", "--init-from", str(src)], ["--layers-per-block", ">="]),
+                        (["--layers-per-block", "2", "--init-from", str(tmp_path)], ["--init-from", "config.json"])):
+        with pytest.raises(SystemExit) as e:
+            raise SystemExit(main(["train", "vae", "--out", str(tmp_path / "x"), *argv]))
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert all(w in err for w in words) and "Traceback" not in err, err
+
+
 def test_4x_vae_and_patch_2_dit_train_export_and_generate(tmp_path):
     """--spatial-compression 4 --latent-channels 4 with --patch-size 2: 16x16x4 latents per 64x64
     frame, still 64 DiT tokens; the DiT takes its channels from the VAE and the exported folder generates."""

@@ -9,6 +9,7 @@ term (`gan_weight`) that sharpens what L1 leaves blurred (small objects' corners
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,6 +61,9 @@ class VAETrainConfig:
     spatial_compression: int = 8  # a new VAE's downsampling: 8 (64x64 -> 8x8) or 4 (-> 16x16)
     latent_channels: int = 16  # a new VAE's latent channels
     anchor_weight: float = 1.0
+    # Deepen an `init_from` VAE to this many layers per block; the added residual blocks start as
+    # identities (grow_layers), so the latent space and the decoder's output are unchanged at step 0.
+    layers_per_block: int | None = None
     # Adversarial sharpening (patch_gan.py): the discriminator trains from step 0, the decoder
     # feels it from `gan_start` on (a random discriminator's gradients are noise).
     gan_weight: float = 0.0
@@ -76,6 +80,33 @@ def make_vae(norm_groups: int | None = None, spatial_compression: int = 8, laten
     if norm_groups:
         conf["norm_num_groups"] = norm_groups
     return AutoencoderKLHunyuanVideo(**conf)
+
+
+def grow_layers(vae, layers_per_block: int):
+    """A copy of `vae` with `layers_per_block` residual blocks per level, computing the same function.
+
+    Each added block is appended after a level's existing ones (where channels in == out, so it has
+    no shortcut conv) with its last conv zeroed: `x + conv2(...) = x`. The encoder, hence the latent
+    space a DiT was trained on, is unchanged; fine-tuning gives the decoder the extra depth.
+    """
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    old = vae.config.layers_per_block
+    if layers_per_block < old:
+        raise ValueError(f"layers_per_block must be >= the VAE's {old}, got {layers_per_block}")
+    conf = {k: v for k, v in vae.config.items() if not k.startswith("_")}
+    grown = AutoencoderKLHunyuanVideo(**{**conf, "layers_per_block": layers_per_block})
+    missing, unexpected = grown.load_state_dict(vae.state_dict(), strict=False)
+    if unexpected:
+        raise ValueError(f"cannot grow this VAE: unexpected weights {unexpected[:3]}")
+    added = {re.sub(r"(\.resnets\.\d+)\..*", r"\1", k) for k in missing}  # "....resnets.N", no old weights
+    if any(not re.search(r"\.resnets\.\d+$", k) for k in added):
+        raise ValueError(f"cannot grow this VAE: missing non-residual weights {sorted(added)[:3]}")
+    for name in added:
+        block = grown.get_submodule(name)
+        torch.nn.init.zeros_(block.conv2.conv.weight)
+        torch.nn.init.zeros_(block.conv2.conv.bias)
+    return grown
 
 
 def to_video_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -141,7 +172,10 @@ def train_vae(cfg: VAETrainConfig) -> Path:
         vae.train()
         ref.to(device)
     elif cfg.init_from:
-        vae = AutoencoderKLHunyuanVideo.from_pretrained(cfg.init_from).float().train()
+        vae = AutoencoderKLHunyuanVideo.from_pretrained(cfg.init_from).float()
+        if cfg.layers_per_block:
+            vae = grow_layers(vae, cfg.layers_per_block)
+        vae.train()
     else:
         vae = make_vae(cfg.norm_groups, cfg.spatial_compression, cfg.latent_channels).train()
     vae.to(device)

@@ -47,6 +47,19 @@ def latent_patches(vae_dir: str, n: int, seed: int) -> tuple[torch.Tensor, torch
     return torch.stack(feats), labels, np.array([s.objects[0].size for s in specs])
 
 
+def train_probe(x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.nn.Module:
+    """An MLP from flattened latent patches `x` to shape indices `y` (Adam, batches of 256)."""
+    mlp = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 256), torch.nn.GELU(), torch.nn.Linear(256, len(SHAPES)))
+    opt = torch.optim.Adam(mlp.parameters(), 1e-3)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (256,))
+        loss = F.cross_entropy(mlp(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return mlp.eval()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vae", default="omnidit/models/shapes/vae")
@@ -58,14 +71,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     x, y, size = latent_patches(args.vae, args.n, args.seed)
     k = args.train
-    mlp = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 256), torch.nn.GELU(), torch.nn.Linear(256, len(SHAPES)))
-    opt = torch.optim.Adam(mlp.parameters(), 1e-3)
-    for _ in range(args.steps):
-        idx = torch.randint(0, k, (256,))
-        loss = F.cross_entropy(mlp(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    mlp = train_probe(x[:k], y[:k], args.steps)
     with torch.no_grad():
         right = (mlp(x[k:]).argmax(1) == y[k:]).numpy()
     by_size = {s: f"{right[size[k:] == s].mean():.1%}" for s in ("small", "medium", "large")}

@@ -25,21 +25,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from latent_shape_probe import SHAPES, latent_patches  # noqa: E402
+from latent_shape_probe import SHAPES, latent_patches, train_probe  # noqa: E402
 
 SIZES = ("small", "medium", "large")
-
-
-def train_probe(x: torch.Tensor, y: torch.Tensor, steps: int = 400) -> torch.nn.Module:
-    mlp = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 256), torch.nn.GELU(), torch.nn.Linear(256, len(SHAPES)))
-    opt = torch.optim.Adam(mlp.parameters(), 1e-3)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (256,))
-        loss = F.cross_entropy(mlp(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return mlp.eval()
 
 
 def patch_at(z: torch.Tensor, cx: float, cy: float) -> torch.Tensor:
@@ -64,13 +52,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=160)
     ap.add_argument("--max-objects", type=int, choices=(1, 2), default=1)
     ap.add_argument("--seed", type=int, default=77)
+    ap.add_argument("--probe-n", type=int, default=5000, help="encoded scenes the latent probe trains on")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
 
     model_vae = str(resolve_model(args.model) / "vae")
     with torch.enable_grad():
-        probe = train_probe(*latent_patches(model_vae, 5000, 11)[:2])
+        probe = train_probe(*latent_patches(model_vae, args.probe_n, 11)[:2], steps=400)
     pipe = Pipeline.from_pretrained(args.model)
     if args.vae:
         pipe.vae = VideoVAE.from_pretrained(args.vae, dtype=torch.float32, device="cpu")

@@ -8,6 +8,8 @@
 #   bash tools/train_shapes_gpu.sh eval             # omnidit eval of student vs teacher ($RUN/eval.json)
 #   bash tools/train_shapes_gpu.sh pack DIR         # export $WEIGHTS (ema raw) weights, tar them into DIR in 15 MB parts
 #   bash tools/train_shapes_gpu.sh preflight        # 3 steps of every stage on a random model (catches GPU-only failures)
+#   bash tools/train_shapes_gpu.sh all              # vae, dit, export, distill, eval in a row (VAE_MIN, DIT_MIN, DISTILL_MIN)
+#                                                   # then teacher + student tarred into $RUN/fetch in 15 MB parts
 #
 # Each stage resumes from its checkpoint under $RUN. TE is a sentence-encoder folder: the packaged
 # MiniLM by default; tools/pack_text_encoder.py writes a 21 MB copy that travels to a machine
@@ -70,6 +72,16 @@ case "$stage" in
     cp "$RUN/dit/metrics.jsonl" "$RUN/export-ema/dit-metrics.jsonl"
     if [ -f "$RUN/vae/metrics.jsonl" ]; then cp "$RUN/vae/metrics.jsonl" "$RUN/export-ema/vae-metrics.jsonl"; fi
     tar -C "$RUN" -cf - $(for w in $WEIGHTS; do echo "export-$w"; done) | split -b 15m - "$out/model.tar.part-" ;;
+  all)
+    # One lent GPU session's release, unattended (start it with setsid and poll $RUN): the next
+    # release is the 4x VAE + 2x2-patch DiT, SPATIAL=4 LATENT_CH=4 PATCH=2 (BENCHMARKS.md).
+    bash "$0" vae "${VAE_MIN:-3}"
+    bash "$0" dit "${DIT_MIN:-20}"
+    bash "$0" export
+    bash "$0" distill "${DISTILL_MIN:-4}"
+    bash "$0" eval
+    mkdir -p "$RUN/fetch"
+    tar -C "$RUN" -cf - export-ema turbo eval.json | split -b 15m - "$RUN/fetch/models.tar.part-" ;;
   *)
-    echo "usage: $0 vae MINUTES | dit MINUTES | export | distill MINUTES | eval | pack DIR | preflight" >&2; exit 2 ;;
+    echo "usage: $0 vae MINUTES | dit MINUTES | export | distill MINUTES | eval | pack DIR | preflight | all" >&2; exit 2 ;;
 esac

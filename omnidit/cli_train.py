@@ -33,6 +33,14 @@ def add_train(sub) -> None:
     v.add_argument("--gan-weight", type=float, default=0.0,
                    help="weight of a PatchGAN term that sharpens the decoder (0: L1 + KL only)")
     v.add_argument("--gan-start", type=int, default=200, help="step from which the decoder feels the GAN term")
+    v.add_argument("--denoiser", default=None,
+                   help="with --decoder-only: also decode this model's one-step reconstructions of the encoded "
+                        "scenes (a shipped name or folder; a few-step model such as shapes-turbo), so the decoder "
+                        "learns the latents its DiT really produces")
+    v.add_argument("--denoise-sigma", type=float, nargs=2, default=(0.2, 0.8), metavar=("LOW", "HIGH"),
+                   help="noise levels the --denoiser starts from, uniform in [LOW, HIGH] inside (0, 1)")
+    v.add_argument("--denoise-p-clean", type=float, default=0.25,
+                   help="with --denoiser: share of samples decoded from the encoder's own latents, in [0, 1)")
     v.add_argument("--spatial-compression", type=int, choices=(4, 8), default=8,
                    help="a new VAE's spatial downsampling (64x64 -> 8x8 or 16x16 latents)")
     v.add_argument("--latent-channels", type=int, default=16, help="a new VAE's latent channels")
@@ -94,6 +102,21 @@ def cmd_train_vae(args) -> int:
         old = json.loads(Path(args.init_from, "config.json").read_text())["layers_per_block"]
         if args.layers_per_block < old:
             raise UserError(f"--layers-per-block must be >= the VAE's own {old}, got {args.layers_per_block}")
+    if args.denoiser is not None:
+        from omnidit.pipeline import resolve_model
+
+        if not (args.decoder_only and args.init_from):
+            raise UserError("--denoiser fine-tunes a decoder on its model's latents: give --decoder-only and "
+                            "--init-from (that model's VAE folder)")
+        try:
+            resolve_model(args.denoiser)
+        except ValueError as e:
+            raise UserError(f"--denoiser: {e}") from None
+        lo, hi = args.denoise_sigma
+        if not 0.0 < lo <= hi < 1.0:
+            raise UserError(f"--denoise-sigma must satisfy 0 < LOW <= HIGH < 1, got {lo} {hi}")
+        if not 0.0 <= args.denoise_p_clean < 1.0:
+            raise UserError(f"--denoise-p-clean must be in [0, 1), got {args.denoise_p_clean}")
 
     train_vae(VAETrainConfig(out=args.out, max_minutes=args.minutes, max_steps=args.steps, seed=args.seed,
                              lr=args.lr, clip_every=args.clip_every, init_from=args.init_from,
@@ -102,7 +125,8 @@ def cmd_train_vae(args) -> int:
                              workers=args.workers, keep_latents_of=args.keep_latents_of,
                              norm_groups=args.norm_groups, gan_weight=args.gan_weight, gan_start=args.gan_start,
                              spatial_compression=args.spatial_compression, latent_channels=args.latent_channels,
-                             layers_per_block=args.layers_per_block))
+                             layers_per_block=args.layers_per_block, denoiser=args.denoiser,
+                             denoise_sigma=tuple(args.denoise_sigma), denoise_p_clean=args.denoise_p_clean))
     return 0
 
 

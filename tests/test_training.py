@@ -270,3 +270,80 @@ def test_4x_vae_and_patch_2_dit_train_export_and_generate(tmp_path):
     model = export_model(tmp_path / "dit" / "checkpoint.pt", vae, tmp_path / "model", sampling=SHAPES_SAMPLING)
     frames = Pipeline.from_pretrained(model).generate("a red circle on a black background", steps=2).frames
     assert frames.shape[-3:] == (64, 64, 3)
+
+
+def test_denoised_latents_are_the_dits_one_step_prediction(tmp_path):
+    """DenoisedLatents: p_clean 0 gives x0 = x_s - s * v of the model's own guided velocity at a
+    drawn noise level (the same numbers a sampler's last jump would give); the result is unscaled
+    like the encoder's latents; a batch drawn with p_clean near 1 passes through untouched."""
+    import pytest
+    import torch
+
+    from omnidit.distill.losses import guided_velocity, noised
+    from omnidit.training.denoised_latents import DenoisedLatents
+
+    model = make_tiny_model_dir(tmp_path / "tiny")
+    z = torch.randn(3, 4, 1, 4, 4)
+    prompts = ["a red circle on a black background", "a blue square", "a green triangle"]
+    d = DenoisedLatents(str(model), scaling_factor=2.0, device=torch.device("cpu"), sigma_range=(0.5, 0.5),
+                        p_clean=0.0)
+    out = d.denoise(z, prompts, torch.Generator().manual_seed(1))
+    assert out.shape == z.shape and torch.isfinite(out).all()
+
+    gen = torch.Generator().manual_seed(1)
+    torch.rand(3, generator=gen), torch.rand(3, generator=gen)  # the levels and the clean draws
+    sigma = torch.full((3,), 0.5)
+    xs = noised(z * 2.0, sigma, gen)
+    m = d.model
+    v = guided_velocity(m.dit, xs, sigma, m.text(prompts, "cpu"), m.text([""] * 3, "cpu"),
+                        torch.full((3,), m.config.guidance), "cfg")
+    assert torch.allclose(out, (xs - 0.5 * v) / 2.0, atol=1e-5)
+    assert not torch.allclose(out, z, atol=1e-2)
+
+    keep = DenoisedLatents(str(model), scaling_factor=2.0, device=torch.device("cpu"), p_clean=0.999)
+    assert torch.allclose(keep.denoise(z, prompts, torch.Generator().manual_seed(0)), z, atol=1e-6)
+    with pytest.raises(ValueError, match="prompts"):
+        d.denoise(z, prompts[:2], torch.Generator())
+    with pytest.raises(ValueError, match="sigma_range"):
+        DenoisedLatents(str(model), scaling_factor=1.0, device=torch.device("cpu"), sigma_range=(0.0, 0.5))
+
+
+def test_vae_decoder_finetune_on_denoised_latents_keeps_encoder_and_resumes(tmp_path, capsys):
+    import torch
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    from omnidit.training.vae_train import VAETrainConfig, train_vae
+
+    model = make_tiny_model_dir(tmp_path / "tiny")
+    cfg = dict(out=str(tmp_path / "dn"), init_from=str(model / "vae"), decoder_only=True, denoiser=str(model),
+               max_minutes=None, images_per_step=4, clips_per_step=1, clip_every=2, clip_frames=5, lr=3e-3,
+               checkpoint_every=3, eval_n=4, size=32)
+    train_vae(VAETrainConfig(max_steps=6, **cfg))
+    folder = train_vae(VAETrainConfig(max_steps=9, **cfg))
+    assert "resumed VAE training at step 6" in capsys.readouterr().out
+    rows = [r for r in _metrics(tmp_path / "dn" / "metrics.jsonl") if "l1" in r]
+    assert [r["step"] for r in rows] == [3, 6, 9] and all(np.isfinite(r["l1"]) for r in rows)
+    old, new = AutoencoderKLHunyuanVideo.from_pretrained(model / "vae"), AutoencoderKLHunyuanVideo.from_pretrained(folder)
+    assert new.config.scaling_factor == old.config.scaling_factor
+    for (name, a), b in zip(old.encoder.state_dict().items(), new.encoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, b) for a, b in zip(old.decoder.state_dict().values(),
+                                                       new.decoder.state_dict().values()))
+
+
+def test_train_vae_cli_rejects_bad_denoiser_arguments(tmp_path, capsys):
+    import pytest
+
+    from omnidit.cli import main
+
+    model = make_tiny_model_dir(tmp_path / "tiny")
+    base = ["--decoder-only", "--init-from", str(model / "vae")]
+    for argv, words in ((["--denoiser", str(model)], ["--denoiser", "--decoder-only", "--init-from"]),
+                        ([*base, "--denoiser", str(tmp_path / "nope")], ["--denoiser", "neither"]),
+                        ([*base, "--denoiser", str(model), "--denoise-sigma", "0.5", "1.0"], ["--denoise-sigma"]),
+                        ([*base, "--denoiser", str(model), "--denoise-p-clean", "1"], ["--denoise-p-clean"])):
+        with pytest.raises(SystemExit) as e:
+            raise SystemExit(main(["train", "vae", "--out", str(tmp_path / "x"), *argv]))
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert all(w in err for w in words) and "Traceback" not in err, err

@@ -69,6 +69,11 @@ class VAETrainConfig:
     gan_weight: float = 0.0
     gan_start: int = 200
     disc_lr: float = 2e-4
+    # Decoder-only: also decode a model's one-step reconstructions of the encoded scenes
+    # (denoised_latents.py), so the decoder learns the latents a DiT really produces.
+    denoiser: str | None = None  # a model name or folder whose DiT denoises (a few-step one is best)
+    denoise_sigma: tuple[float, float] = (0.2, 0.8)
+    denoise_p_clean: float = 0.25  # share of samples decoded from the encoder's own latents
 
 
 def make_vae(norm_groups: int | None = None, spatial_compression: int = 8, latent_channels: int = 16):
@@ -115,9 +120,13 @@ def to_video_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
 
 
-def _reconstruct(vae, x: torch.Tensor, cfg: VAETrainConfig, ref=None):
+def _reconstruct(vae, x: torch.Tensor, cfg: VAETrainConfig, ref=None, denoise=None):
     anchor = None
-    if ref is not None:  # decode the reference's latents; pull the new encoder onto them
+    if denoise is not None:  # decoder-only: the DiT's version of the encoder's latents
+        with torch.no_grad():
+            post = vae.encode(x).latent_dist
+            z = denoise(post.mode())
+    elif ref is not None:  # decode the reference's latents; pull the new encoder onto them
         with torch.no_grad():
             ref_post = ref.encode(x).latent_dist
             z = ref_post.sample()
@@ -131,9 +140,11 @@ def _reconstruct(vae, x: torch.Tensor, cfg: VAETrainConfig, ref=None):
     return rec, post, anchor
 
 
-def _loss(vae, x: torch.Tensor, cfg: VAETrainConfig, ref=None, disc=None) -> tuple[torch.Tensor, dict, torch.Tensor]:
-    """(loss, logs, reconstruction); `disc` adds the adversarial term."""
-    rec, post, anchor = _reconstruct(vae, x, cfg, ref)
+def _loss(vae, x: torch.Tensor, cfg: VAETrainConfig, ref=None, disc=None,
+          denoise=None) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """(loss, logs, reconstruction); `disc` adds the adversarial term, `denoise(z)` replaces the
+    latents the decoder sees."""
+    rec, post, anchor = _reconstruct(vae, x, cfg, ref, denoise)
     # Object pixels differ from the frame's corner colour (the background); weight them up.
     bg = x[:, :, :, :1, :1]
     obj = ((x - bg).abs().amax(1, keepdim=True) > 0.05).float()
@@ -161,6 +172,8 @@ def train_vae(cfg: VAETrainConfig) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     from diffusers import AutoencoderKLHunyuanVideo
 
+    if cfg.denoiser and not (cfg.decoder_only and cfg.init_from):
+        raise ValueError("denoiser needs decoder_only and init_from (the VAE whose latents the model was trained on)")
     ref = None
     if cfg.keep_latents_of:
         ref = AutoencoderKLHunyuanVideo.from_pretrained(cfg.keep_latents_of).float().eval().requires_grad_(False)
@@ -185,6 +198,12 @@ def train_vae(cfg: VAETrainConfig) -> Path:
         vae.quant_conv.requires_grad_(False)
         params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    denoiser = None
+    if cfg.denoiser:
+        from omnidit.training.denoised_latents import DenoisedLatents
+
+        denoiser = DenoisedLatents(cfg.denoiser, scaling_factor=vae.config.scaling_factor, device=device,
+                                   sigma_range=tuple(cfg.denoise_sigma), p_clean=cfg.denoise_p_clean)
     disc = disc_opt = None
     if cfg.gan_weight > 0:
         disc = PatchDiscriminator().to(device).train()
@@ -217,13 +236,20 @@ def train_vae(cfg: VAETrainConfig) -> Path:
         if disc is not None:
             disc.requires_grad_(False)  # the decoder's step needs gradients through it, not for it
         pairs = []  # (real, reconstruction) for the discriminator's step
+        noise = torch.Generator("cpu").manual_seed(cfg.seed * 1_000_003 + step)  # resumable draws
+
+        def latents_of(prompts):
+            return None if denoiser is None else (lambda z: denoiser.denoise(z, prompts, noise))
+
         with autocast:
-            x = to_video_tensor(next(images)[1].to(device))
-            loss, logs, rec = _loss(vae, x, cfg, ref, adversary)
+            prompts, frames = next(images)
+            x = to_video_tensor(frames.to(device))
+            loss, logs, rec = _loss(vae, x, cfg, ref, adversary, latents_of(prompts))
             pairs.append((x, rec))
             if clips is not None and step % cfg.clip_every == 0:
-                x = to_video_tensor(next(clips)[1].to(device))
-                vloss, vlogs, rec = _loss(vae, x, cfg, ref, adversary)
+                prompts, frames = next(clips)
+                x = to_video_tensor(frames.to(device))
+                vloss, vlogs, rec = _loss(vae, x, cfg, ref, adversary, latents_of(prompts))
                 loss = loss + vloss
                 logs["video_l1"] = vlogs["l1"]
                 pairs.append((x, rec))

@@ -173,3 +173,35 @@ def test_bf16_decode_matches_diffusers(vae_dir):
     out = vv16.decode(z)
     assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
     assert torch.equal(frames_to_uint8(out), frames_to_uint8(expected))
+
+
+@pytest.mark.parametrize("stride", [1, (1, 2, 2), 2])
+def test_one_frame_causal_conv_runs_as_2d_and_matches_3d(stride):
+    """omnidit.tokenizers.image_conv: on one frame the causal conv's replicate time padding makes
+    the 3D kernel see kernel_t copies of it, so a 2D conv with the time-summed kernel gives the
+    same output; several frames, and training, keep diffusers' 3D path."""
+    from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import HunyuanVideoCausalConv3d
+
+    from omnidit.tokenizers.image_conv import use_image_conv
+
+    torch.manual_seed(0)
+    conv = HunyuanVideoCausalConv3d(6, 5, 3, stride=stride).eval()
+    ref = HunyuanVideoCausalConv3d(6, 5, 3, stride=stride).eval()
+    ref.load_state_dict(conv.state_dict())
+    assert use_image_conv(conv) == 1 and use_image_conv(conv) == 0  # idempotent
+    image, clip = torch.randn(2, 6, 1, 12, 10), torch.randn(2, 6, 5, 12, 10)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        got = conv(image)
+    ops = {e.key for e in prof.key_averages()}
+    assert not any("3d" in op for op in ops), ops  # no 3D conv, no 3D padding
+    with torch.no_grad():
+        torch.testing.assert_close(got, ref(image), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(conv(clip), ref(clip), atol=0, rtol=0)
+        for m in (conv, ref):  # an in-place weight update must not reuse the old summed kernel
+            m.conv.weight.mul_(-0.5)
+        torch.testing.assert_close(conv(image), ref(image), atol=1e-5, rtol=1e-5)
+    x = image.clone().requires_grad_()
+    conv(x).square().sum().backward()  # with gradients: diffusers' own path and backward
+    x_ref = image.clone().requires_grad_()
+    ref(x_ref).square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=0, rtol=0)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from omnidit.tokenizers.image_conv import use_image_conv
 from omnidit.tokenizers.onednn_conv import use_onednn_conv3d
 
 # Decode/encode above this many pixels per frame switch diffusers' spatial tiling on for the
@@ -37,6 +38,7 @@ class VideoVAE:
     def __init__(self, vae: torch.nn.Module, *, auto_tiling_pixels: int | None = DEFAULT_AUTO_TILING_PIXELS):
         self.vae = vae.eval()
         use_onednn_conv3d(self.vae)  # CPU decodes of one video: ~2x faster than batching it with a copy
+        use_image_conv(self.vae)  # one-frame latents (images) through 2D convs: 1.4x (batch 1) to 4x faster
         self.auto_tiling_pixels = auto_tiling_pixels
 
     @classmethod

@@ -207,6 +207,35 @@ class Pipeline:
         latents: torch.Tensor | None = None,
     ) -> list[Generation]:
         """Several prompts of one size in one batch. Each seed gives the same output as alone."""
+        latents, req, seeds = self.generate_latents(
+            prompts, seeds=seeds, frames=frames, height=height, width=width, steps=steps, guidance=guidance,
+            negative_prompt=negative_prompt, callback=callback, true_cfg_scale=true_cfg_scale, latents=latents)
+        video = self.decode(latents)
+        return [
+            Generation(frames=v, fps=self.config.fps, info={
+                "prompt": p, "seed": s, "steps": req.steps, "guidance": req.guidance,
+                "frames": req.frames, "height": req.height, "width": req.width, "model": self.name,
+            })
+            for p, s, v in zip(prompts, seeds, video)
+        ]
+
+    def generate_latents(
+        self,
+        prompts: list[str],
+        *,
+        seeds: list[int | None] | None = None,
+        frames: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        negative_prompt: str | None = None,
+        callback: StepCallback | None = None,
+        true_cfg_scale: float | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, _Request, list[int]]:
+        """`generate_many` up to the decoder: (clean latents `[B, C, F', H', W']` fp32, the filled-in
+        request, the seeds used). `decode(latents)` then gives exactly `generate_many`'s frames."""
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompt must be a non-empty string (or a non-empty list of strings)")
         req = self.check(frames=frames, height=height, width=width, steps=steps, guidance=guidance,
@@ -220,14 +249,7 @@ class Pipeline:
         if latents is None:
             latents = torch.cat([self.initial_noise(req, s) for s in seeds])
         noise = torch.Generator("cpu").manual_seed(seeds[0])  # for samplers that re-noise
-        video = self.decode(self.denoise(prompts, latents.to(self.device), req, callback=callback, generator=noise))
-        return [
-            Generation(frames=v, fps=self.config.fps, info={
-                "prompt": p, "seed": s, "steps": req.steps, "guidance": req.guidance,
-                "frames": req.frames, "height": req.height, "width": req.width, "model": self.name,
-            })
-            for p, s, v in zip(prompts, seeds, video)
-        ]
+        return self.denoise(prompts, latents.to(self.device), req, callback=callback, generator=noise), req, seeds
 
     def initial_noise(self, req: _Request, seed: int) -> torch.Tensor:
         """`[1, C, F', H', W']` fp32 noise from a CPU generator: identical on every device."""

@@ -68,6 +68,16 @@ def test_seeded_and_batch_independent(tiny):
     assert np.abs(many[1].frames.astype(int) - single.frames.astype(int)).max() <= 1
 
 
+def test_generate_latents_then_decode_is_generate_many(tiny):
+    """Tools that swap decoders (tools/decoder_check.py) decode these latents: same frames."""
+    prompts = ["a red circle", "a blue square on a white background"]
+    latents, req, seeds = tiny.generate_latents(prompts, seeds=[3, 4], frames=5)
+    assert latents.shape == (2, *tiny.vae.latent_shape(5, req.height, req.width)) and seeds == [3, 4]
+    frames = tiny.decode(latents)
+    for f, g in zip(frames, tiny.generate_many(prompts, seeds=[3, 4], frames=5)):
+        np.testing.assert_array_equal(f, g.frames)
+
+
 def test_prompt_changes_output(tiny):
     a = tiny.generate("a red circle on a black background", seed=0)
     b = tiny.generate("a green triangle on a white background", seed=0)

@@ -22,3 +22,29 @@ def test_shape_diagnosis_reads_shapes_four_ways(tmp_path):
     for name in ("rec", "probe_enc"):  # every scene is reconstructed and probed: a percentage each
         assert re.fullmatch(r"\d+\.\d%", rows[name]) and 0 <= float(rows[name][:-1]) <= 100, out.stdout
     assert re.search(r"\d+ scenes, up to 1 objects", out.stdout)
+
+
+def test_decoder_check_scores_what_omnidit_eval_scores(tmp_path):
+    """Its first row (the model's own VAE on eval's prompts and seeds) is `omnidit eval`'s score;
+    the latents are sampled once and reused by a second run."""
+    import json
+
+    from omnidit.pipeline import Pipeline
+    from omnidit.shapes.adherence import VIDEO_FRAMES, eval_pipeline, eval_prompts
+
+    model = make_tiny_model_dir(tmp_path / "tiny")
+    argv = [sys.executable, str(ROOT / "tools" / "decoder_check.py"), "--model", str(model), "--n", "3",
+            "--videos", "1", "--seed", "5", "--size", "32", "--cache", str(tmp_path / "cache"),
+            "--json", str(tmp_path / "out.json")]
+    out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "sampling 3 images" in out.stderr and len(list((tmp_path / "cache").iterdir())) == 2
+    got = json.loads((tmp_path / "out.json").read_text())
+    own = got[str(model / "vae")]
+    pipe = Pipeline.from_pretrained(model, device="cpu")
+    for kind, n, frames, seed in (("images", 3, 1, 5), ("videos", 1, VIDEO_FRAMES, 6)):
+        want = eval_pipeline(pipe, eval_prompts(n, seed=seed, video=frames > 1), frames=frames, seed=5,
+                             height=32, width=32)["scores"]
+        assert {k: round(v, 4) for k, v in own[kind].items()} == want, kind
+    out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0 and "sampling" not in out.stderr  # reused the kept latents

@@ -1,0 +1,104 @@
+"""Score other decoders on a model's own latents, without sampling again.
+
+    python tools/decoder_check.py --model shapes --vae runs/x/vae runs/y/vae [--n 200 --videos 100]
+
+The DiT's latents do not depend on the decoder, so `omnidit eval`'s rows for a model with a
+swapped `vae/` (same latent space) are the model's eval latents decoded by that VAE. This samples
+those latents once, with eval's prompts, seeds and batches (`--seed`, batches of 8), keeps them in
+`--cache`, and then scores each decoder in seconds: the model's own VAE first, then each `--vae`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ATTRS = ("background", "colour", "shape", "position", "size", "count", "motion", "all")
+
+
+def eval_latents(pipe, prompts: list[str], *, frames: int, seed: int, size: int = 64,
+                 batch_size: int = 8) -> torch.Tensor:
+    """What `eval_pipeline` decodes: sample i from seed `seed + i`, in batches of `batch_size`."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        z, _, _ = pipe.generate_latents(batch, seeds=[seed + start + i for i in range(len(batch))], frames=frames,
+                                        height=size, width=size)
+        out.append(z.cpu())
+        print(f"\r  sampled {start + len(batch)}/{len(prompts)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return torch.cat(out)
+
+
+def score_decoder(vae, latents: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+    from omnidit.shapes import parse_prompt, score
+    from omnidit.tokenizers import frames_to_uint8
+
+    totals: dict[str, list[float]] = defaultdict(list)
+    for start in range(0, len(prompts), 8):
+        frames = frames_to_uint8(vae.decode(latents[start:start + 8])).numpy()
+        for p, f in zip(prompts[start:start + 8], frames):
+            for k, v in score(f, parse_prompt(p)).items():
+                if v is not None:
+                    totals[k].append(float(v))
+    return {k: float(np.mean(v)) for k, v in totals.items()}
+
+
+def main() -> None:
+    from omnidit.pipeline import Pipeline, resolve_model
+    from omnidit.shapes.adherence import VIDEO_FRAMES, eval_prompts
+    from omnidit.tokenizers import VideoVAE
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="shapes", help="the model whose latents are decoded (name or folder)")
+    ap.add_argument("--vae", nargs="*", default=[], help="other VAE folders with the model's latent space")
+    ap.add_argument("--n", type=int, default=200, help="image prompts (as omnidit eval --n)")
+    ap.add_argument("--videos", type=int, default=100, help="video prompts (as omnidit eval --videos)")
+    ap.add_argument("--seed", type=int, default=1000, help="as omnidit eval --seed")
+    ap.add_argument("--size", type=int, default=64, help="as omnidit eval --size")
+    ap.add_argument("--cache", default="runs/decoder_check", help="folder keeping the sampled latents")
+    ap.add_argument("--json", default=None, help="also write {vae: {images|videos: scores}} here")
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+
+    model_dir = resolve_model(args.model)
+    pipe = None
+    sets = {}
+    for kind, n, frames, seed in (("images", args.n, 1, args.seed), ("videos", args.videos, VIDEO_FRAMES, args.seed + 1)):
+        if n < 1:
+            continue
+        prompts = eval_prompts(n, seed=seed, video=frames > 1)
+        path = Path(args.cache) / f"{model_dir.name}-{kind}-{n}-{args.seed}-{args.size}.pt"
+        if path.is_file():
+            latents = torch.load(path)
+        else:
+            pipe = pipe or Pipeline.from_pretrained(model_dir, device="cpu")
+            print(f"sampling {n} {kind} with {args.model} (once; kept in {path})", file=sys.stderr)
+            latents = eval_latents(pipe, prompts, frames=frames, seed=args.seed, size=args.size)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(latents, path)
+        sets[kind] = (prompts, latents)
+
+    print(f"{args.model}'s eval latents (seed {args.seed}) decoded by:")
+    print(f"{'':8s} {'vae':40s} " + " ".join(f"{a:>10s}" for a in ATTRS))
+    results: dict[str, dict] = {}
+    for vae_dir in [str(model_dir / "vae"), *args.vae]:
+        vae = VideoVAE.from_pretrained(vae_dir, device="cpu")
+        for kind, (prompts, latents) in sets.items():
+            s = results.setdefault(vae_dir, {})[kind] = score_decoder(vae, latents, prompts)
+            cells = " ".join(f"{s[a]:10.1%}" if a in s else f"{'-':>10s}" for a in ATTRS)
+            print(f"{kind:8s} {vae_dir[-40:]:40s} {cells}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

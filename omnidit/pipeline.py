@@ -191,25 +191,10 @@ class Pipeline:
             true_cfg_scale=true_cfg_scale, latents=latents,
         )[0]
 
-    def generate_many(
-        self,
-        prompts: list[str],
-        *,
-        seeds: list[int | None] | None = None,
-        frames: int = 1,
-        height: int | None = None,
-        width: int | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
-        negative_prompt: str | None = None,
-        callback: StepCallback | None = None,
-        true_cfg_scale: float | None = None,
-        latents: torch.Tensor | None = None,
-    ) -> list[Generation]:
-        """Several prompts of one size in one batch. Each seed gives the same output as alone."""
-        latents, req, seeds = self.generate_latents(
-            prompts, seeds=seeds, frames=frames, height=height, width=width, steps=steps, guidance=guidance,
-            negative_prompt=negative_prompt, callback=callback, true_cfg_scale=true_cfg_scale, latents=latents)
+    def generate_many(self, prompts: list[str], **kwargs) -> list[Generation]:
+        """Several prompts of one size in one batch; the arguments of `generate_latents`.
+        Each seed gives the same output as alone."""
+        latents, req, seeds = self.generate_latents(prompts, **kwargs)
         video = self.decode(latents)
         return [
             Generation(frames=v, fps=self.config.fps, info={

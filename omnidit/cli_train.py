@@ -16,6 +16,8 @@ def add_train(sub) -> None:
     v.add_argument("--steps", type=int, default=None)
     v.add_argument("--lr", type=float, default=5e-4)
     v.add_argument("--object-weight", type=float, default=10.0, help="loss weight of object pixels vs background")
+    v.add_argument("--edge-weight", type=float, default=0.0,
+                   help="extra loss weight on the 2-pixel outline of objects, where shapes differ (0: off)")
     v.add_argument("--clip-every", type=int, default=1, help="train on a video clip every Nth step")
     v.add_argument("--images-per-step", type=int, default=12)
     v.add_argument("--clips-per-step", type=int, default=1)
@@ -121,6 +123,7 @@ def cmd_train_vae(args) -> int:
     train_vae(VAETrainConfig(out=args.out, max_minutes=args.minutes, max_steps=args.steps, seed=args.seed,
                              lr=args.lr, clip_every=args.clip_every, init_from=args.init_from,
                              decoder_only=args.decoder_only, object_weight=args.object_weight,
+                             edge_weight=args.edge_weight,
                              images_per_step=args.images_per_step, clips_per_step=args.clips_per_step,
                              workers=args.workers, keep_latents_of=args.keep_latents_of,
                              norm_groups=args.norm_groups, gan_weight=args.gan_weight, gan_start=args.gan_start,

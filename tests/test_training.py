@@ -347,3 +347,19 @@ def test_train_vae_cli_rejects_bad_denoiser_arguments(tmp_path, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert all(w in err for w in words) and "Traceback" not in err, err
+
+
+def test_pixel_weights_pick_out_object_outlines():
+    import torch
+
+    from omnidit.training.vae_train import pixel_weights
+
+    x = -torch.ones(1, 3, 1, 12, 12)  # black frame
+    x[:, 0, :, 3:9, 3:9] = 1.0  # a red 6x6 square
+    w = pixel_weights(x, 10.0, 20.0)[0, 0, 0]
+    assert w.shape == (12, 12)
+    assert w[0, 0] == 1 and w[5, 5] == 11  # background, object interior
+    assert w[3, 3] == 31 and w[2, 3] == 21 and w[3, 5] == 31  # outline: inside and outside rings
+    assert int((w > 11).sum()) == 8 * 8 - 4 * 4  # a 2-pixel band around the square
+    plain = pixel_weights(x, 10.0)[0, 0, 0]  # no edge term: objects and background only
+    assert torch.equal(plain, torch.where((w == 11) | (w == 31), 11.0, 1.0))

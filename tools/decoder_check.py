@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,17 +37,14 @@ def eval_latents(pipe, prompts: list[str], *, frames: int, seed: int, size: int 
 
 
 def score_decoder(vae, latents: torch.Tensor, prompts: list[str]) -> dict[str, float]:
-    from omnidit.shapes import parse_prompt, score
+    """The evaluator's accuracy per attribute for `vae`'s frames of `latents` (attributes that apply)."""
+    from omnidit.shapes import parse_prompt
+    from omnidit.shapes.evaluate import evaluate_many
     from omnidit.tokenizers import frames_to_uint8
 
-    totals: dict[str, list[float]] = defaultdict(list)
-    for start in range(0, len(prompts), 8):
-        frames = frames_to_uint8(vae.decode(latents[start:start + 8])).numpy()
-        for p, f in zip(prompts[start:start + 8], frames):
-            for k, v in score(f, parse_prompt(p)).items():
-                if v is not None:
-                    totals[k].append(float(v))
-    return {k: float(np.mean(v)) for k, v in totals.items()}
+    frames = torch.cat([frames_to_uint8(vae.decode(latents[i:i + 8])) for i in range(0, len(prompts), 8)])
+    scores = evaluate_many(zip(frames.numpy(), (parse_prompt(p) for p in prompts)))
+    return {k: v for k, v in scores.items() if v is not None}
 
 
 def main() -> None:

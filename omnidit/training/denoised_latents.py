@@ -33,8 +33,9 @@ class DenoisedLatents:
         if not 0.0 <= p_clean < 1.0:
             raise ValueError(f"p_clean must be in [0, 1), got {p_clean!r}")
         self.model = load_teacher(model, device=device, text_encoder=text_encoder)
+        self.uncond = None  # the negative prompt's text states, encoded once
         if self.model.config.guidance_mode == "cfg":
-            self.uncond_prompt = self.model.config.negative_prompt or ""
+            self.uncond = self.model.text([self.model.config.negative_prompt or ""], device)
         self.scale = float(scaling_factor)
         self.sigma_range, self.p_clean, self.device = (float(lo), float(hi)), float(p_clean), device
 
@@ -55,7 +56,7 @@ class DenoisedLatents:
         m = self.model
         cond = m.text(prompts, self.device)
         mode = m.config.guidance_mode
-        uncond = m.text([self.uncond_prompt] * b, self.device) if mode == "cfg" else None
+        uncond = None if self.uncond is None else tuple(t.expand(b, *t.shape[1:]) for t in self.uncond)
         scale = torch.full((b,), m.config.guidance, device=self.device)
         v = guided_velocity(m.dit, xs, sigma, cond, uncond, scale, mode)  # [B, C, F', H', W']
         pred = xs - sigma.view(-1, 1, 1, 1, 1) * v  # the predicted clean latents

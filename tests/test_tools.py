@@ -39,6 +39,7 @@ def test_decoder_check_scores_what_omnidit_eval_scores(tmp_path):
     out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "sampling 3 images" in out.stderr and len(list((tmp_path / "cache").iterdir())) == 2
+    assert "small squares read as" in out.stdout
     got = json.loads((tmp_path / "out.json").read_text())
     own = got[str(model / "vae")]
     pipe = Pipeline.from_pretrained(model, device="cpu")

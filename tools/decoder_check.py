@@ -6,6 +6,7 @@ The DiT's latents do not depend on the decoder, so `omnidit eval`'s rows for a m
 swapped `vae/` (same latent space) are the model's eval latents decoded by that VAE. This samples
 those latents once, with eval's prompts, seeds and batches (`--seed`, batches of 8), keeps them in
 `--cache`, and then scores each decoder in seconds: the model's own VAE first, then each `--vae`.
+For images it also prints what the small squares and triangles were read as (where shapes fail).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -36,15 +38,34 @@ def eval_latents(pipe, prompts: list[str], *, frames: int, seed: int, size: int 
     return torch.cat(out)
 
 
-def score_decoder(vae, latents: torch.Tensor, prompts: list[str]) -> dict[str, float]:
-    """The evaluator's accuracy per attribute for `vae`'s frames of `latents` (attributes that apply)."""
-    from omnidit.shapes import parse_prompt
-    from omnidit.shapes.evaluate import evaluate_many
+def decode_all(vae, latents: torch.Tensor):
     from omnidit.tokenizers import frames_to_uint8
 
-    frames = torch.cat([frames_to_uint8(vae.decode(latents[i:i + 8])) for i in range(0, len(prompts), 8)])
-    scores = evaluate_many(zip(frames.numpy(), (parse_prompt(p) for p in prompts)))
+    return torch.cat([frames_to_uint8(vae.decode(latents[i:i + 8])) for i in range(0, len(latents), 8)]).numpy()
+
+
+def score_decoder(frames, prompts: list[str]) -> dict[str, float]:
+    """The evaluator's accuracy per attribute over decoded `frames` (the attributes that apply)."""
+    from omnidit.shapes import parse_prompt
+    from omnidit.shapes.evaluate import evaluate_many
+
+    scores = evaluate_many(zip(frames, (parse_prompt(p) for p in prompts)))
     return {k: v for k, v in scores.items() if v is not None}
+
+
+def small_shape_reads(frames, prompts: list[str]) -> dict[str, Counter]:
+    """For small squares and triangles: how often each shape (or "missing") is read at the middle
+    frame, from the largest blob of the object's colour."""
+    from omnidit.shapes import detect, parse_prompt
+
+    reads = {"square": Counter(), "triangle": Counter()}
+    for f, p in zip(frames, prompts):
+        blobs = detect(f)[1]
+        for o in parse_prompt(p).objects:
+            if o.size == "small" and o.shape in reads:
+                mine = [b for b in blobs if b.colour == o.colour]
+                reads[o.shape][max(mine, key=lambda b: b.area).shape if mine else "missing"] += 1
+    return reads
 
 
 def main() -> None:
@@ -88,9 +109,14 @@ def main() -> None:
     for vae_dir in [str(model_dir / "vae"), *args.vae]:
         vae = VideoVAE.from_pretrained(vae_dir, device="cpu")
         for kind, (prompts, latents) in sets.items():
-            s = results.setdefault(vae_dir, {})[kind] = score_decoder(vae, latents, prompts)
+            frames = decode_all(vae, latents)
+            s = results.setdefault(vae_dir, {})[kind] = score_decoder(frames, prompts)
             cells = " ".join(f"{s[a]:10.1%}" if a in s else f"{'-':>10s}" for a in ATTRS)
             print(f"{kind:8s} {vae_dir[-40:]:40s} {cells}")
+            if kind == "images":
+                reads = small_shape_reads(frames, prompts)
+                print(f"{'':8s} small squares read as {dict(reads['square'])}, small triangles as "
+                      f"{dict(reads['triangle'])}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

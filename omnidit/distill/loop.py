@@ -203,8 +203,8 @@ def train_distill(cfg: DistillConfig) -> Path:
         if loss is not None:
             run_loss = smooth_loss(run_loss, loss)
         bar.update(1)
-        bar.set_postfix(loss=f"{run_loss if run_loss is not None else float('nan'):.4f}",
-                        **({"fake": f"{run_fake:.4f}"} if run_fake is not None else {}), refresh=False)
+        shown = {"loss": run_loss, "fake": run_fake}  # dmd has no student loss before its first student turn
+        bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items() if v is not None}, refresh=False)
         last = budget.done(step)
         if acc.is_main_process and (step % cfg.checkpoint_every == 0 or last):
             extra = ({"fake": acc.unwrap_model(fake).state_dict(), "fake_opt": fake_opt.state_dict()}

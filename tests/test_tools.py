@@ -49,3 +49,37 @@ def test_decoder_check_scores_what_omnidit_eval_scores(tmp_path):
         assert {k: round(v, 4) for k, v in own[kind].items()} == want, kind
     out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0 and "sampling" not in out.stderr  # reused the kept latents
+
+
+def test_sampling_sweep_rows_are_eval_rows_under_the_overrides(tmp_path):
+    """Its rows are `omnidit eval`'s scores of the model with the row's sampling settings, and the
+    pipeline's own settings are restored after each row."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from sampling_sweep import parse_try, score_setting
+
+    from omnidit.pipeline import Pipeline
+    from omnidit.shapes.adherence import eval_pipeline, eval_prompts
+
+    model = make_tiny_model_dir(tmp_path / "tiny")
+    pipe = Pipeline.from_pretrained(model, device="cpu")
+    shipped = pipe.config
+    for setting, call in (({}, {}), ({"steps": 2}, {"steps": 2})):
+        got = score_setting(pipe, setting, n=3, videos=0, seed=5, size=32)["images"]
+        want = eval_pipeline(pipe, eval_prompts(3, seed=5, video=False), seed=5, height=32, width=32, **call)["scores"]
+        assert {k: round(v, 4) for k, v in got.items()} == want, setting
+    other = score_setting(pipe, {"shift": 3.0, "sampler": "x0_renoise"}, n=3, videos=0, seed=5, size=32)
+    assert set(other) == {"images"} and pipe.config is shipped
+
+    assert parse_try("shift=1.5,sampler=euler") == {"shift": 1.5, "sampler": "euler"}
+    for bad, named in (("shfit=2", "shfit=2"), ("steps=four", "steps must be an integer"), ("shift", "KEY=VALUE")):
+        try:
+            parse_try(bad)
+        except ValueError as e:
+            assert named in str(e), e
+        else:
+            raise AssertionError(f"{bad!r} accepted")
+    for bad, named in (("sampler=heun", "sampler 'heun' not one of"), ("shift=0", "shift")):
+        out = subprocess.run([sys.executable, str(ROOT / "tools" / "sampling_sweep.py"), "--model", str(model),
+                              "--try", bad], capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert out.returncode == 2 and named in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert "sampled" not in out.stderr  # refused before sampling anything

@@ -25,13 +25,14 @@ ATTRS = ("background", "colour", "shape", "position", "size", "count", "motion",
 
 
 def eval_latents(pipe, prompts: list[str], *, frames: int, seed: int, size: int = 64,
-                 batch_size: int = 8) -> torch.Tensor:
-    """What `eval_pipeline` decodes: sample i from seed `seed + i`, in batches of `batch_size`."""
+                 batch_size: int = 8, **sampling) -> torch.Tensor:
+    """What `eval_pipeline` decodes: sample i from seed `seed + i`, in batches of `batch_size`
+    (`sampling`: generate_latents' steps/guidance overrides)."""
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
         z, _, _ = pipe.generate_latents(batch, seeds=[seed + start + i for i in range(len(batch))], frames=frames,
-                                        height=size, width=size)
+                                        height=size, width=size, **sampling)
         out.append(z.cpu())
         print(f"\r  sampled {start + len(batch)}/{len(prompts)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)

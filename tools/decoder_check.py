@@ -24,6 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ATTRS = ("background", "colour", "shape", "position", "size", "count", "motion", "all")
 
 
+def eval_sets(n: int, videos: int, seed: int):
+    """`omnidit eval`'s prompt sets: (kind, prompts, frames) for its `n` images (prompts from
+    `seed`) and `videos` videos (prompts from `seed + 1`); a count below 1 is skipped."""
+    from omnidit.shapes.adherence import VIDEO_FRAMES, eval_prompts
+
+    for kind, count, frames, prompt_seed in (("images", n, 1, seed), ("videos", videos, VIDEO_FRAMES, seed + 1)):
+        if count >= 1:
+            yield kind, eval_prompts(count, seed=prompt_seed, video=frames > 1), frames
+
+
 def eval_latents(pipe, prompts: list[str], *, frames: int, seed: int, size: int = 64,
                  batch_size: int = 8, **sampling) -> torch.Tensor:
     """What `eval_pipeline` decodes: sample i from seed `seed + i`, in batches of `batch_size`
@@ -71,7 +81,6 @@ def small_shape_reads(frames, prompts: list[str]) -> dict[str, Counter]:
 
 def main() -> None:
     from omnidit.pipeline import Pipeline, resolve_model
-    from omnidit.shapes.adherence import VIDEO_FRAMES, eval_prompts
     from omnidit.tokenizers import VideoVAE
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -89,10 +98,8 @@ def main() -> None:
     model_dir = resolve_model(args.model)
     pipe = None
     sets = {}
-    for kind, n, frames, seed in (("images", args.n, 1, args.seed), ("videos", args.videos, VIDEO_FRAMES, args.seed + 1)):
-        if n < 1:
-            continue
-        prompts = eval_prompts(n, seed=seed, video=frames > 1)
+    for kind, prompts, frames in eval_sets(args.n, args.videos, args.seed):
+        n = len(prompts)
         path = Path(args.cache) / f"{model_dir.name}-{kind}-{n}-{args.seed}-{args.size}.pt"
         if path.is_file():
             latents = torch.load(path)

@@ -1,7 +1,7 @@
 """Score a model under other sampling settings, on eval's prompts and seeds.
 
     python tools/sampling_sweep.py --model shapes-turbo --seed 5000 --n 0 --videos 200 \
-        --try shift=1.5 --try shift=2 --try sampler=euler --try guidance=6
+        --try shift=1.5 --try shift=2 --try sampler=euler --try steps=6
 
 Each `--try KEY=VALUE[,KEY=VALUE]` overrides the model folder's `sampling` settings (shift, sampler,
 steps, guidance) for one row; the first row is the model as shipped. Rows are `omnidit eval`'s
@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decoder_check import ATTRS, eval_latents, score_decoder  # noqa: E402
+from decoder_check import ATTRS, decode_all, eval_latents, eval_sets, score_decoder  # noqa: E402
 
 PER_CALL = ("steps", "guidance")  # generate_latents arguments; the rest are PipelineConfig fields
 KINDS = {"shift": float, "sampler": str, "steps": int, "guidance": float}
@@ -44,11 +44,17 @@ def parse_try(text: str) -> dict:
     return out
 
 
+def split(setting: dict) -> tuple[dict, dict]:
+    """(PipelineConfig overrides, generate_latents arguments) of one row's setting."""
+    return ({k: v for k, v in setting.items() if k not in PER_CALL},
+            {k: v for k, v in setting.items() if k in PER_CALL})
+
+
 def checked(pipe, setting: dict) -> dict:
     """`setting`, or a ValueError naming what the pipeline would refuse (before any sampling)."""
     from omnidit.sampling import flow_sigmas
 
-    dataclasses.replace(pipe.config, **{k: v for k, v in setting.items() if k not in PER_CALL})
+    dataclasses.replace(pipe.config, **split(setting)[0])
     flow_sigmas(setting.get("steps", pipe.config.steps), setting.get("shift", pipe.config.shift))
     pipe.check(guidance=setting.get("guidance"), steps=setting.get("steps"))
     return setting
@@ -56,20 +62,14 @@ def checked(pipe, setting: dict) -> dict:
 
 def score_setting(pipe, setting: dict, *, n: int, videos: int, seed: int, size: int) -> dict[str, dict]:
     """{'images'|'videos': adherence} for `pipe` with `setting` applied (the pipeline is restored)."""
-    from omnidit.shapes.adherence import VIDEO_FRAMES, eval_prompts
-
     base = pipe.config
-    pipe.config = dataclasses.replace(base, **{k: v for k, v in setting.items() if k not in PER_CALL})
-    call = {k: v for k, v in setting.items() if k in PER_CALL}
+    config, call = split(setting)
+    pipe.config = dataclasses.replace(base, **config)
     try:
         out = {}
-        for kind, count, frames, prompt_seed in (("images", n, 1, seed), ("videos", videos, VIDEO_FRAMES, seed + 1)):
-            if count < 1:
-                continue
-            prompts = eval_prompts(count, seed=prompt_seed, video=frames > 1)
+        for kind, prompts, frames in eval_sets(n, videos, seed):
             z = eval_latents(pipe, prompts, frames=frames, seed=seed, size=size, **call)
-            pixels = [pipe.decode(z[i:i + 8]) for i in range(0, count, 8)]
-            out[kind] = score_decoder([f for chunk in pixels for f in chunk], prompts)
+            out[kind] = score_decoder(decode_all(pipe.vae, z), prompts)
         return out
     finally:
         pipe.config = base

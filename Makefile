@@ -1,19 +1,27 @@
 # Two entry points, each installing what it needs into .venv first:
 #   make run    the service + Gradio demo on the embedded model (prints both URLs)
 #   make test   the test suite
+# Installs take the exact versions in requirements/lock.txt; pyproject.toml keeps the ranges
+# a library user gets. `make lock` regenerates the lock, `make test-latest` runs the suite
+# against the newest versions pyproject.toml allows (in .venv-latest), so drift is found on purpose.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+PIP_VERSION ?= 26.3
+LOCK := requirements/lock.txt
+EXTRAS := .[serve,demo,dev]
 # torch 2.13.0: a CPU machine here takes the local CPU wheel; elsewhere PyPI's (CUDA) build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install run test bench clean train-shapes distill-shapes
+.PHONY: install run test test-latest lock bench clean train-shapes distill-shapes
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml $(LOCK) Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "pip==$(PIP_VERSION)"
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[serve,demo,dev]"
+	$(PIP) install -q -r $(LOCK)
+	$(PIP) install -q --no-deps -e "$(EXTRAS)"
+	$(PIP) check
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,11 +32,30 @@ run: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The newest versions pyproject.toml allows, in a venv of their own; the lock is untouched.
+test-latest:
+	rm -rf .venv-latest && python3 -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade pip
+	.venv-latest/bin/python -m pip install -q "$(TORCH)"
+	.venv-latest/bin/python -m pip install -q --upgrade -e "$(EXTRAS)"
+	.venv-latest/bin/python -m pip freeze --exclude-editable | grep -i -E '^(torch|diffusers|transformers|accelerate|ray|gradio)=='
+	.venv-latest/bin/python -m pytest $(PYTEST_ARGS)
+
+# Re-resolve the newest allowed versions in a fresh venv and write them to the lock;
+# run `make test` on the result before committing it.
+lock:
+	rm -rf .venv-lock && python3 -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q "pip==$(PIP_VERSION)"
+	.venv-lock/bin/python -m pip install -q "$(TORCH)"
+	.venv-lock/bin/python -m pip install -q -e "$(EXTRAS)"
+	.venv-lock/bin/python requirements/freeze_lock.py $(LOCK)
+	rm -rf .venv-lock
+
 bench: install
 	$(PY) benchmarks/dit_step.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache out
+	rm -rf $(VENV) .venv-latest .venv-lock .pytest_cache out
 
 # The embedded model's training, stage by stage; each stage resumes when run again.
 train-shapes: install

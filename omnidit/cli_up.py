@@ -2,7 +2,7 @@
 
 Two child processes, `omnidit serve` and `omnidit demo --api <service URL>`, as a user would
 start them by hand; this only waits for the service to be healthy, prints both URLs, and stops
-both on Ctrl-C (or when either exits).
+both on Ctrl-C, on SIGTERM (what `docker stop` and systemd send), or when either exits.
 """
 
 from __future__ import annotations
@@ -53,6 +53,14 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.kill()
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived: unwind like Ctrl-C so `finally` stops the children."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
 def cmd_up(args) -> int:
     from omnidit.cli import UserError
 
@@ -70,6 +78,7 @@ def cmd_up(args) -> int:
         serve += ["--model", args.model]
     api = f"http://{args.host}:{args.port}"
     procs: list[subprocess.Popen] = []
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         procs.append(subprocess.Popen(serve, env=env))
         print(f"starting the service at {api} ...", flush=True)
@@ -85,7 +94,9 @@ def cmd_up(args) -> int:
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         return max((p.returncode or 0) for p in procs if p.poll() is not None)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated):
         return 0
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         _stop(procs)
+        signal.signal(signal.SIGTERM, previous)

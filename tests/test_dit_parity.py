@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from omnidit.dit import DiT, JointLayout, preset
 from omnidit.dit.attention import BACKENDS, joint_attention
+from tolerances import FP32_REL, rel_err
 
-TOL = 1e-5  # relative L2 error in float32
+TOL = FP32_REL  # relative L2 error in float32 (tests/tolerances.py)
 
 
 def tiny(**changes):
@@ -53,10 +54,6 @@ def make_inputs(cfg, B, thw, lengths, L, *, seed=0, mask=None):
         pooled_projections=torch.randn(B, cfg.pooled_projection_dim, generator=g),
         guidance=(torch.rand(B, generator=g) * 8000) if cfg.guidance_embeds else None,
     )
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def run_both(ref, ours, inputs):

@@ -1,4 +1,5 @@
-"""`omnidit up` (the README's main command): service + demo together, both URLs printed, Ctrl-C stops both."""
+"""`omnidit up` (the README's main command): service + demo together, both URLs printed; Ctrl-C
+and SIGTERM (what `docker stop` and systemd send) stop both children."""
 
 from __future__ import annotations
 
@@ -17,7 +18,24 @@ from tiny_models import make_tiny_model_dir
 pytestmark = pytest.mark.slow
 
 
-def test_up_starts_service_and_demo_and_stops_both(tmp_path):
+def _session_pids(sid: int) -> list[int]:
+    """Live (non-zombie) processes in session `sid`, read from /proc."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{d}/stat").read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state ppid pgrp session ...
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            pids.append(int(d))
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_up_starts_service_and_demo_and_stops_both(tmp_path, sig):
     if (why := serve_unavailable_reason()) is not None:
         pytest.skip(why)
     model = make_tiny_model_dir(tmp_path / "model")
@@ -43,9 +61,18 @@ def test_up_starts_service_and_demo_and_stops_both(tmp_path):
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
                 time.sleep(0.5)
         assert page.status_code == 200 and "gradio" in page.text.lower()
-        os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
+        children = [p for p in _session_pids(proc.pid) if p != proc.pid]
+        assert children, "omnidit up started no child processes"
+        os.kill(proc.pid, sig)  # SIGINT: what Ctrl-C sends; SIGTERM: what supervisors send
         assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=5)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{demo_port}/", timeout=5)
+        # serve, demo and what they started (uvicorn, Ray's helpers) are gone, not reparented to init
+        deadline = time.monotonic() + 30
+        while (left := _session_pids(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left, [open(f"/proc/{p}/cmdline").read().replace("\0", " ")[:200] for p in left]
     finally:
         _stop(proc)

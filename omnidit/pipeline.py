@@ -16,6 +16,7 @@ import torch
 
 from omnidit.generation import Generation
 from omnidit.pipeline_config import PipelineConfig, read_pipeline_config
+from omnidit.sampling import Denoiser, NoiseSampler, Text, flow_sigmas, run_sampler, seeded_noise
 
 MODELS_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "shapes-turbo"
@@ -233,8 +234,10 @@ class Pipeline:
             seeds = self.parallel.broadcast_object(seeds)  # rank 0's draw: noise must match on every rank
         if latents is None:
             latents = torch.cat([self.initial_noise(req, s) for s in seeds])
-        noise = torch.Generator("cpu").manual_seed(seeds[0])  # for samplers that re-noise
-        return self.denoise(prompts, latents.to(self.device), req, callback=callback, generator=noise), req, seeds
+        # Re-noising samplers draw each sample's noise from its own seed: a seed gives the same
+        # frames alone or in any batch (HTTP batching, batch jobs, generate_many).
+        noise = seeded_noise(seeds)
+        return self.denoise(prompts, latents.to(self.device), req, callback=callback, noise_sampler=noise), req, seeds
 
     def initial_noise(self, req: _Request, seed: int) -> torch.Tensor:
         """`[1, C, F', H', W']` fp32 noise from a CPU generator: identical on every device."""
@@ -244,43 +247,26 @@ class Pipeline:
 
     @torch.no_grad()
     def denoise(self, prompts: list[str], latents: torch.Tensor, req: _Request, *,
-                callback: StepCallback | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Integrate the flow ODE from noise to clean latents `[B, C, F', H', W']` (fp32)."""
-        from omnidit.sampling import cfg_combine, embedded_guidance, flow_sigmas, timesteps_from_sigmas
-
-        dev, dt = self.device, self.dtype
-        b = len(prompts)
+                callback: StepCallback | None = None, noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+        """Integrate the flow ODE from noise to clean latents `[B, C, F', H', W']` (fp32).
+        `noise_sampler` feeds re-noising samplers; `generate_latents` passes `seeded_noise(seeds)`."""
+        dev = self.device
         cond = self._encode_text(prompts, dev)
-        use_cfg = req.negative_prompt is not None
-        if use_cfg:
-            uncond = self._encode_text([req.negative_prompt] * b, dev)
-            text, mask, pooled = _cat_text(cond, uncond)
-        else:
-            text, mask, pooled = cond.hidden_states, cond.attention_mask, cond.pooled
-        text, pooled = text.to(dt), pooled.to(dt)
-        n = text.shape[0]
-        guidance = (
-            embedded_guidance(req.guidance, n, dev, dt) if self.dit.config.guidance_embeds else None
-        )
-
-        def model_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            x_in = torch.cat([x, x]) if use_cfg else x
-            t = timesteps_from_sigmas(sigma).to(torch.float32)  # [B], as diffusers: sigma * 1000
-            t = torch.cat([t, t]) if use_cfg else t
-            v = self._dit_forward(x_in.to(dt), t, text, mask, pooled, guidance=guidance).float()
-            if use_cfg:
-                v_cond, v_uncond = v.chunk(2)
-                return cfg_combine(v_cond, v_uncond, req.cfg_scale)
-            return v
-
+        uncond = None
+        if req.negative_prompt is not None:
+            uncond = self._encode_text([req.negative_prompt] * len(prompts), dev)
+        denoiser = Denoiser.for_mode(self._dit_forward, self.config.guidance_mode, cond, uncond, req.guidance,
+                                     true_cfg=req.cfg_scale, dtype=self.dtype)
         sigmas = flow_sigmas(req.steps, self.config.shift).to(dev)
-        return run_sampler(self.config.sampler, model_fn, latents.float(), sigmas, callback=callback,
-                           generator=generator)
+        return run_sampler(self.config.sampler, denoiser, latents.float(), sigmas, callback=callback,
+                           noise_sampler=noise_sampler)
 
-    def _encode_text(self, prompts: list[str], device: torch.device):
+    def _encode_text(self, prompts: list[str], device: torch.device) -> Text:
         if self.parallel is None:
-            return self.text_encoder.encode(prompts, device=device)
-        return self.parallel.encode_text(self.text_encoder, prompts, device)
+            e = self.text_encoder.encode(prompts, device=device)
+        else:
+            e = self.parallel.encode_text(self.text_encoder, prompts, device)
+        return e.hidden_states, e.attention_mask, e.pooled
 
     def _dit_forward(self, *args, **kwargs) -> torch.Tensor:
         if self.parallel is None:
@@ -294,28 +280,3 @@ class Pipeline:
 
         video = self.vae.decode(latents)  # [B, 3, F, H, W] in [-1, 1]
         return frames_to_uint8(video).cpu().numpy()
-
-
-def run_sampler(name: str, model_fn, x: torch.Tensor, sigmas: torch.Tensor, *, callback=None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Dispatch to the sampler a model folder names (`euler` or `x0_renoise`)."""
-    from omnidit.sampling import sample_euler, sample_x0_renoise
-
-    if name == "euler":
-        return sample_euler(model_fn, x, sigmas, callback=callback)
-    if name == "x0_renoise":
-        return sample_x0_renoise(model_fn, x, sigmas, generator=generator, callback=callback)
-    raise ValueError(f"sampler {name!r} not one of ('euler', 'x0_renoise')")
-
-
-def _cat_text(a, b):
-    """Concatenate two TextEmbeddings along the batch, padding the shorter sequence."""
-    la, lb = a.hidden_states.shape[1], b.hidden_states.shape[1]
-    L = max(la, lb)
-
-    def pad(x, n):
-        return torch.nn.functional.pad(x, (0, 0, 0, n)) if x.dim() == 3 else torch.nn.functional.pad(x, (0, n))
-
-    text = torch.cat([pad(a.hidden_states, L - la), pad(b.hidden_states, L - lb)])
-    mask = torch.cat([pad(a.attention_mask, L - la), pad(b.attention_mask, L - lb)])
-    return text, mask, torch.cat([a.pooled, b.pooled])

@@ -11,8 +11,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-GUIDANCE_MODES = ("embedded", "cfg", "none")
-SAMPLERS = ("euler", "x0_renoise")
+from omnidit.sampling.guidance import GUIDANCE_MODES
+from omnidit.sampling.samplers import SAMPLERS
 
 
 @dataclass
@@ -36,7 +36,7 @@ class PipelineConfig:
         if self.guidance_mode not in GUIDANCE_MODES:
             raise ValueError(f"guidance_mode {self.guidance_mode!r} not one of {GUIDANCE_MODES}")
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler {self.sampler!r} not one of {SAMPLERS}")
+            raise ValueError(f"sampler {self.sampler!r} not one of {tuple(SAMPLERS)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "PipelineConfig":

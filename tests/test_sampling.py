@@ -8,6 +8,7 @@ from tolerances import FP32_REL, assert_rel_close
 
 from omnidit.sampling import (
     Cancelled,
+    batch_noise,
     cfg_combine,
     custom_sigmas,
     embedded_guidance,
@@ -93,7 +94,8 @@ def test_x0_renoise_equals_stochastic_scheduler():
         ref = sched.step(outputs[i], t, ref, generator=g, return_dict=False)[0]
 
     calls = iter(outputs)
-    out = sample_x0_renoise(lambda x, s: next(calls), x.clone(), flow_sigmas(steps), generator=torch.Generator().manual_seed(5))
+    out = sample_x0_renoise(lambda x, s: next(calls), x.clone(), flow_sigmas(steps),
+                            noise_sampler=batch_noise(torch.Generator().manual_seed(5)))
     assert_rel_close(out, ref)
 
 

@@ -1,10 +1,20 @@
-"""Guidance helpers: true classifier-free guidance and HunyuanVideo's embedded guidance."""
+"""Guidance helpers: true classifier-free guidance and HunyuanVideo's embedded guidance.
+
+The guidance modes a model folder may name (`PipelineConfig.guidance_mode`):
+- "cfg": true classifier-free guidance, cond + uncond branches, scale = the CFG scale;
+- "embedded": one forward with the scale as the DiT's guidance input (guidance-distilled
+  HunyuanVideo), optionally with true CFG on top when a negative prompt is given;
+- "none": the conditional prediction alone (a CFG-distilled student).
+`Denoiser.for_mode` (denoiser.py) is the one place that turns a mode into forwards.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+GUIDANCE_MODES = ("embedded", "cfg", "none")
 
 
 def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -18,7 +28,7 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch
 
 
 def embedded_guidance(
-    scale: float,
+    scale: float | torch.Tensor,
     batch: int,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
@@ -27,7 +37,12 @@ def embedded_guidance(
 
     The scale is first rounded to `dtype` and multiplied there, as diffusers does
     (`torch.tensor([g] * B, dtype=transformer_dtype) * 1000.0`), so bf16 values agree too.
+    A Tensor[batch] of per-sample scales (distillation draws them) takes the same path.
     """
+    if isinstance(scale, torch.Tensor):
+        if scale.shape != (batch,):
+            raise ValueError(f"a per-sample guidance scale must have shape ({batch},), got {tuple(scale.shape)}")
+        return scale.to(device=device, dtype=dtype) * 1000.0
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
         raise ValueError(f"guidance scale must be a finite number >= 0, got {scale!r}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:

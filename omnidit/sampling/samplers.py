@@ -9,6 +9,9 @@ and calls `model_fn(x, sigma)` once per step, where `sigma` is Tensor[B] in the 
 Precision follows diffusers' FlowMatchEulerDiscreteScheduler.step: the update is computed
 with x upcast to (at least) float32 and the result is cast back to the model output's dtype.
 
+Stochastic samplers take `noise_sampler(x, sigma, sigma_next) -> eps` (noise.py), as
+k-diffusion does, so the caller decides whose noise each sample gets.
+
 `callback(step, total, x)` runs after every step with `step` = the number of steps done
 (1..total). It may raise `Cancelled`, which propagates, so a caller stops within one step.
 """
@@ -18,6 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
+from omnidit.sampling.flow import noised, x0_from_velocity
+from omnidit.sampling.noise import NoiseSampler, batch_noise
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor], None]
@@ -75,28 +81,41 @@ def sample_x0_renoise(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    noise_sampler: NoiseSampler | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Multistep consistency sampler: jump to the predicted x0, then re-noise to the next sigma.
 
-    x0 = x - s * v;  x <- (1 - s_next) * x0 + s_next * eps,  eps ~ N(0, I) fresh each step.
-    At the final sigma 0 the result is exactly the last x0 prediction. Same arithmetic (and
-    noise draws, given the same generator) as diffusers' scheduler with stochastic_sampling=True.
+    x0 = x - s * v;  x <- (1 - s_next) * x0 + s_next * eps,  eps = noise_sampler(s, s_next) fresh
+    each step (default: the global RNG). At the final sigma 0 the result is exactly the last x0
+    prediction. With `batch_noise(generator)` it does the arithmetic and noise draws of diffusers'
+    scheduler with stochastic_sampling=True; `seeded_noise(seeds)` gives each sample its own stream.
     """
     sigmas = _check_sigmas(sigmas, x)
     total = sigmas.numel() - 1
     batch = x.shape[0]
+    if noise_sampler is None:
+        noise_sampler = batch_noise(None)
     for i in range(total):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         v = model_fn(x, sigma.expand(batch))  # [B, ...] velocity
         xf = _upcast(x)
-        x0 = xf - sigma * v  # [B, ...] predicted clean sample
-        # Noise is drawn on the generator's device (a CPU generator gives device-independent
-        # noise) in the working dtype, then moved, as diffusers' randn_tensor does.
-        noise_device = generator.device if generator is not None else xf.device
-        eps = torch.randn(xf.shape, generator=generator, device=noise_device, dtype=xf.dtype).to(xf.device)
-        x = ((1.0 - sigma_next) * x0 + sigma_next * eps).to(v.dtype)
+        x0 = x0_from_velocity(xf, sigma, v)  # [B, ...] predicted clean sample
+        eps = noise_sampler(xf, sigma, sigma_next)
+        x = noised(x0, sigma_next, eps).to(v.dtype)
         if callback is not None:
             callback(i + 1, total, x)
     return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"euler": sample_euler, "x0_renoise": sample_x0_renoise}
+STOCHASTIC = frozenset({"x0_renoise"})  # samplers that draw noise after the initial latents
+
+
+def run_sampler(name: str, model_fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, *,
+                noise_sampler: NoiseSampler | None = None, callback: Callback | None = None) -> torch.Tensor:
+    """The sampler a model folder names (a key of SAMPLERS); deterministic ones ignore noise_sampler."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler {name!r} not one of {tuple(SAMPLERS)}")
+    kwargs = {"noise_sampler": noise_sampler} if name in STOCHASTIC else {}
+    return SAMPLERS[name](model_fn, x, sigmas, callback=callback, **kwargs)

@@ -7,6 +7,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omnidit.files import atomic_path
+
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -38,15 +40,8 @@ class Generation:
             raise ValueError(f"output suffix {suffix!r} not supported; use one of {IMAGE_SUFFIXES + VIDEO_SUFFIXES}")
         if suffix in IMAGE_SUFFIXES and self.is_video:
             raise ValueError(f"{self.frames.shape[0]} frames cannot be saved as {suffix}; use .mp4 or .gif")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent, prefix=f".{path.stem}.")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             write_frames(self.frames, tmp, fps=self.fps)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
     def to_bytes(self, fmt: str) -> bytes:

@@ -6,51 +6,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from omnidit.generation import Generation
-from omnidit.pipeline_config import PipelineConfig, read_pipeline_config
+from omnidit.model_folder import open_model
+from omnidit.pipeline_config import PipelineConfig
 from omnidit.sampling import Denoiser, NoiseSampler, Text, flow_sigmas, run_sampler, seeded_noise
-
-MODELS_DIR = Path(__file__).parent / "models"
-DEFAULT_MODEL = "shapes-turbo"
 
 # callback(step, total, latents) after each denoising step; may raise sampling.Cancelled.
 StepCallback = Callable[[int, int, torch.Tensor], None]
-
-
-def shipped_models() -> list[str]:
-    """Names of the models inside the package (folders with a model_index.json)."""
-    if not MODELS_DIR.is_dir():
-        return []
-    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "model_index.json").is_file())
-
-
-def default_model() -> str:
-    """The default model: `shapes-turbo` when shipped, else the first shipped one."""
-    names = shipped_models()
-    if DEFAULT_MODEL in names or not names:
-        return DEFAULT_MODEL
-    return "shapes" if "shapes" in names else names[0]
-
-
-def resolve_model(name_or_dir: str | os.PathLike) -> Path:
-    """A shipped model's name or a folder -> the folder; a clear error otherwise."""
-    s = str(name_or_dir)
-    if s in shipped_models():
-        return MODELS_DIR / s
-    p = Path(s).expanduser()
-    if (p / "model_index.json").is_file():
-        return p
-    if p.exists():
-        raise ValueError(f"model folder {s!r} has no model_index.json (expected a diffusers-format pipeline folder)")
-    raise ValueError(f"model {s!r} is neither a shipped model {shipped_models()} nor an existing folder")
 
 
 def default_device() -> torch.device:
@@ -109,17 +77,16 @@ class Pipeline:
         from omnidit.dit import DiT
         from omnidit.tokenizers import VideoVAE, load_text_encoder
 
-        model_dir = resolve_model(name_or_dir or default_model())
+        folder = open_model(name_or_dir)
         device = torch.device(device) if device is not None else default_device()
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        index = json.loads((model_dir / "model_index.json").read_text())
-        dit = DiT.from_pretrained(model_dir / "transformer", dtype=dtype, device=device).eval()
+        dit = DiT.from_pretrained(folder.transformer_dir, dtype=dtype, device=device).eval()
         # The VAE decodes in fp32 on CPU; on GPU its activations fit bf16 comfortably.
-        vae = VideoVAE.from_pretrained(model_dir / "vae", dtype=dtype, device=device)
-        text_encoder = load_text_encoder(model_dir, dtype=dtype, device=device, sentence_path=text_encoder)
-        config = read_pipeline_config(model_dir, index, dit.config.guidance_embeds)
-        name = model_dir.name if model_dir.parent == MODELS_DIR else str(model_dir)
+        vae = VideoVAE.from_pretrained(folder.vae_dir, dtype=dtype, device=device)
+        text_encoder = load_text_encoder(folder.path, dtype=dtype, device=device, sentence_path=text_encoder)
+        config = folder.sampling(dit.config.guidance_embeds)
+        name = folder.name
         return cls(dit, vae, text_encoder, config, name=name, parallel=parallel)
 
     @property
@@ -251,17 +218,19 @@ class Pipeline:
         """Integrate the flow ODE from noise to clean latents `[B, C, F', H', W']` (fp32).
         `noise_sampler` feeds re-noising samplers; `generate_latents` passes `seeded_noise(seeds)`."""
         dev = self.device
-        cond = self._encode_text(prompts, dev)
+        cond = self.encode_text(prompts)
         uncond = None
         if req.negative_prompt is not None:
-            uncond = self._encode_text([req.negative_prompt] * len(prompts), dev)
+            uncond = self.encode_text([req.negative_prompt] * len(prompts))
         denoiser = Denoiser.for_mode(self._dit_forward, self.config.guidance_mode, cond, uncond, req.guidance,
                                      true_cfg=req.cfg_scale, dtype=self.dtype)
         sigmas = flow_sigmas(req.steps, self.config.shift).to(dev)
         return run_sampler(self.config.sampler, denoiser, latents.float(), sigmas, callback=callback,
                            noise_sampler=noise_sampler)
 
-    def _encode_text(self, prompts: list[str], device: torch.device) -> Text:
+    def encode_text(self, prompts: list[str]) -> Text:
+        """Prompts -> (states [B, L, D], mask [B, L], pooled [B, P]) on the DiT's device."""
+        device = self.device
         if self.parallel is None:
             e = self.text_encoder.encode(prompts, device=device)
         else:

@@ -156,7 +156,7 @@ def test_consistency_loss_falls_on_a_tiny_model():
 def test_generator_sample_follows_the_students_sampler():
     """k = 0: the x0 prediction from pure noise; k = j: j steps of x0-renoise, then the prediction."""
     from omnidit.distill import generator_sample
-    from omnidit.sampling import sample_x0_renoise
+    from omnidit.sampling import batch_noise, sample_x0_renoise
 
     student, cond = tiny_dit(seed=3), text(3, 8)
     sigmas = flow_sigmas(4)
@@ -169,7 +169,7 @@ def test_generator_sample_follows_the_students_sampler():
         def fn(x, s):
             return student(x, s * 1000.0, *cond)
 
-        x = sample_x0_renoise(fn, noise, sigmas[:3], generator=torch.Generator().manual_seed(1))
+        x = sample_x0_renoise(fn, noise, sigmas[:3], noise_sampler=batch_noise(torch.Generator().manual_seed(1)))
         want = x - sigmas[2] * fn(x, sigmas[2].expand(3))
         torch.testing.assert_close(got[1:], want[1:], rtol=1e-4, atol=1e-5)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from omnidit import Pipeline
-from omnidit.pipeline import MODELS_DIR, default_model, shipped_models
+from omnidit.model_folder import MODELS_DIR, default_model, shipped_models
 
 SIZE_LIMIT = 150 * 2**20  # all of omnidit/models/
 

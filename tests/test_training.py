@@ -120,7 +120,7 @@ def test_vae_refit_keeps_the_latent_space(tmp_path):
 def test_video_shift_moves_noise_levels_towards_pure_noise():
     import torch
 
-    from omnidit.training.dit_train import sample_sigmas
+    from omnidit.sampling import training_sigmas as sample_sigmas
 
     plain = sample_sigmas(20000, torch.Generator().manual_seed(0))
     same = sample_sigmas(20000, torch.Generator().manual_seed(0), shift=1.0)
@@ -279,7 +279,8 @@ def test_denoised_latents_are_the_dits_one_step_prediction(tmp_path):
     import pytest
     import torch
 
-    from omnidit.distill.losses import guided_velocity, noised
+    from omnidit.distill.losses import guided_velocity
+    from omnidit.sampling.flow import noised_from as noised
     from omnidit.training.denoised_latents import DenoisedLatents
 
     model = make_tiny_model_dir(tmp_path / "tiny")
@@ -295,7 +296,7 @@ def test_denoised_latents_are_the_dits_one_step_prediction(tmp_path):
     sigma = torch.full((3,), 0.5)
     xs = noised(z * 2.0, sigma, gen)
     m = d.model
-    v = guided_velocity(m.dit, xs, sigma, m.text(prompts, "cpu"), m.text([""] * 3, "cpu"),
+    v = guided_velocity(m.dit, xs, sigma, m.encode_text(prompts), m.encode_text([""] * 3),
                         torch.full((3,), m.config.guidance), "cfg")
     assert torch.allclose(out, (xs - 0.5 * v) / 2.0, atol=1e-5)
     assert not torch.allclose(out, z, atol=1e-2)

@@ -11,9 +11,7 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from typing import Callable
 from omnidit.batch.lines import BatchItem, parse_prompts
 from omnidit.batch.manifest import MANIFEST_NAME, ManifestWriter, item_row, line_error_row, read_manifest
 from omnidit.batch.plan import Plan, plan_job
+from omnidit.files import TEMP_NAME, write_atomic
 
 DEVICES = ("cpu", "cuda")
 MAX_BLOCKS = 10_000  # beyond this, several chunks share a Ray Data block (and a task)
@@ -72,10 +71,9 @@ class BatchSummary:
 
 def model_identity(model: str | None) -> str:
     """The name a job records and ships to actors: a shipped model's name, else an absolute folder."""
-    from omnidit.pipeline import MODELS_DIR, default_model, resolve_model
+    from omnidit.model_folder import model_name, resolve_model
 
-    folder = resolve_model(model or default_model())  # ValueError for an unknown model
-    return folder.name if folder.parent == MODELS_DIR else str(folder.resolve())
+    return model_name(resolve_model(model))  # ValueError for an unknown model
 
 
 def run_batch(cfg: BatchConfig, *, on_row: Callable[[dict], None] | None = None) -> BatchSummary:
@@ -182,24 +180,8 @@ def start_ray(address: str | None, device: str, concurrency: int) -> bool:
     return True
 
 
-_TEMP_RE = re.compile(r"\.[A-Za-z0-9._-]+\.[a-z0-9_]{8}\.(png|mp4)")
-
-
 def remove_stale_temp_files(out: Path) -> None:
     """Delete half-written outputs of a killed job (`write_atomic`'s temp names; ids never start with '.')."""
     for p in out.iterdir():
-        if _TEMP_RE.fullmatch(p.name) and p.is_file():
+        if TEMP_NAME.fullmatch(p.name) and p.is_file():
             p.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide outputs from other users
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -11,7 +11,7 @@ and the student's x0 is pushed along x0_fake - x0_real: the KL gradient between 
 distributions, expressed through the score models' x0 predictions. The fake model is updated
 more often than the student (two time-scale updates), so it tracks the moving student.
 
-Conventions as in `losses.py`: x_t = (1 - s) x0 + s noise, v = noise - x0, timestep s * 1000.
+The flow conventions and guidance modes are the sampling package's (`flow.py`, `Denoiser`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from omnidit.distill.losses import Text, _bcast, guided_velocity, noised
+from omnidit.distill.losses import guided_velocity
+from omnidit.sampling import Denoiser, Text, flow_loss, noised, x0_from_velocity
+from omnidit.sampling.flow import bcast, noised_from, randn_from
 
 
 def generator_sample(student, noise: torch.Tensor, cond: Text, sigmas: torch.Tensor, k: torch.Tensor,
@@ -31,14 +33,13 @@ def generator_sample(student, noise: torch.Tensor, cond: Text, sigmas: torch.Ten
     gradient through the last prediction only.
     """
     x = noise
+    den = Denoiser(student, cond)
     with torch.no_grad():
         for j in range(int(k.max())):
             s, s_next = sigmas[j], sigmas[j + 1]
-            x0 = x - s * student(x, (s * 1000.0).expand(x.shape[0]), *cond).float()
-            renoised = (1 - s_next) * x0 + s_next * torch.randn(x.shape, generator=gen).to(x)
-            x = torch.where(_bcast(k > j), renoised, x)  # samples that stop earlier keep their x
-    s = sigmas[k].to(x)  # [B]
-    return x - _bcast(s) * student(x, s * 1000.0, *cond).float()
+            renoised = noised(den.x0(x, s), s_next, randn_from(gen, x))
+            x = torch.where(bcast(k > j), renoised, x)  # samples that stop earlier keep their x
+    return den.x0(x, sigmas[k].to(x))  # [B] noise levels
 
 
 def dm_noise_levels(b: int, gen: torch.Generator, lo: float = 0.02, hi: float = 0.98) -> torch.Tensor:
@@ -58,18 +59,16 @@ def distribution_matching_loss(x0: torch.Tensor, teacher, fake, cond: Text, unco
     sigma = dm_noise_levels(b, gen).to(x0)
     with torch.no_grad():
         x0d = x0.detach()
-        x_t = noised(x0d, sigma, gen)
+        x_t = noised_from(x0d, sigma, gen)
         w = torch.full((b,), float(scale), device=x0.device)
-        x0_real = x_t - _bcast(sigma) * guided_velocity(teacher, x_t, sigma, cond, uncond, w, mode)
-        x0_fake = x_t - _bcast(sigma) * fake(x_t, sigma * 1000.0, *cond).float()
+        x0_real = x0_from_velocity(x_t, sigma, guided_velocity(teacher, x_t, sigma, cond, uncond, w, mode))
+        x0_fake = Denoiser(fake, cond).x0(x_t, sigma)
         norm = (x0d - x0_real).abs().flatten(1).mean(1).clamp_min(1e-6)  # [B]
-        grad = (x0_fake - x0_real) / _bcast(norm)
+        grad = (x0_fake - x0_real) / bcast(norm)
     return 0.5 * F.mse_loss(x0.float(), (x0d - grad).float(), reduction="mean")
 
 
 def fake_score_loss(fake, x0: torch.Tensor, cond: Text, gen: torch.Generator) -> torch.Tensor:
     """Flow matching of the fake score model on the student's (detached) samples: the DiT
     training loss, without text dropout."""
-    from omnidit.training.dit_train import flow_loss
-
     return flow_loss(fake, x0.detach(), *cond, None, gen, dropout=0.0)

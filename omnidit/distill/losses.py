@@ -1,7 +1,7 @@
 """The distillation objectives, as plain functions of (student, teacher, clean latents, text).
 
-Conventions (as in training): x_t = (1 - s) x0 + s noise, the DiT predicts the velocity
-v = noise - x0 and is conditioned on timestep s * 1000; text conditioning is a tuple
+The flow conventions (noising, velocity, x0, the timestep scale) and the guidance modes are the
+sampling package's (`flow.py`, `Denoiser`); text conditioning is a tuple
 `(states [B, L, D], mask [B, L], pooled [B, P])`.
 """
 
@@ -11,58 +11,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-Text = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-GUIDANCE_MODES = ("cfg", "embedded", "none")
-
-
-def _bcast(v: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, 1, 1, 1, 1)  # [B] -> [B, 1, 1, 1, 1]
+from omnidit.sampling import Denoiser, Text, training_sigmas
+from omnidit.sampling.flow import bcast, noised_from
 
 
 def guided_velocity(dit, x: torch.Tensor, sigma: torch.Tensor, cond: Text, uncond: Text | None,
                     scale: torch.Tensor, mode: str) -> torch.Tensor:
-    """The velocity a teacher's sampler integrates at (x [B, C, F, H, W], sigma [B]), fp32.
-
-    mode "cfg": uncond + scale * (cond - uncond), both branches in one batched forward;
-    "embedded": one forward with `scale` [B] as the DiT's guidance input (x1000, as diffusers);
-    "none": the conditional velocity alone.
-    """
-    t = sigma * 1000.0  # [B]
-    if mode == "cfg":
-        if uncond is None:
-            raise ValueError("mode 'cfg' needs the unconditional text (uncond)")
-        text, mask, pooled = (torch.cat([c, u]) for c, u in zip(cond, uncond))
-        v = dit(torch.cat([x, x]), torch.cat([t, t]), text, mask, pooled).float()
-        v_cond, v_uncond = v.chunk(2)
-        return v_uncond + _bcast(scale) * (v_cond - v_uncond)
-    if mode == "embedded":
-        return dit(x, t, *cond, guidance=scale * 1000.0).float()
-    if mode == "none":
-        return dit(x, t, *cond).float()
-    raise ValueError(f"mode must be one of {GUIDANCE_MODES}, got {mode!r}")
-
-
-def noised(x0: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """x_t = (1 - s) x0 + s noise, noise from the CPU generator `gen` (same draws on every device)."""
-    noise = torch.randn(x0.shape, generator=gen).to(x0)
-    s = _bcast(sigma)
-    return (1 - s) * x0 + s * noise
+    """The velocity a teacher's sampler integrates at (x [B, C, F, H, W], sigma [B]), fp32, under
+    guidance `mode` with per-sample `scale` [B] (see `Denoiser.for_mode`)."""
+    return Denoiser.for_mode(dit, mode, cond, uncond, scale)(x, sigma)
 
 
 def guidance_distill_loss(student, teacher, x0: torch.Tensor, cond: Text, uncond: Text, gen: torch.Generator, *,
                           scale_range: tuple[float, float] = (1.0, 8.0)) -> torch.Tensor:
     """MSE between the student's velocity given scale w as an input and the teacher's CFG velocity
     at w, for w ~ U(scale_range) per sample and logit-normal noise levels."""
-    from omnidit.training.dit_train import sample_sigmas
-
     b = x0.shape[0]
-    sigma = sample_sigmas(b, gen).to(x0)
-    x_t = noised(x0, sigma, gen)
+    sigma = training_sigmas(b, gen).to(x0)
+    x_t = noised_from(x0, sigma, gen)
     lo, hi = scale_range
     w = (lo + (hi - lo) * torch.rand(b, generator=gen)).to(x0)
     with torch.no_grad():
         target = guided_velocity(teacher, x_t, sigma, cond, uncond, w, "cfg")
-    pred = student(x_t, sigma * 1000.0, *cond, guidance=w * 1000.0).float()
+    pred = Denoiser(student, cond, embedded=w)(x_t, sigma)
     return F.mse_loss(pred, target)
 
 
@@ -106,13 +77,13 @@ def consistency_distill_loss(student, target, teacher, x0: torch.Tensor, cond: T
     b = x0.shape[0]
     i = torch.randint(0, len(phase_end), (b,), generator=gen)
     s_a, s_b, e = grid[i].to(x0), grid[i + 1].to(x0), phase_end[i].to(x0)  # [B] each
-    x_a = noised(x0, s_a, gen)
+    x_a = noised_from(x0, s_a, gen)
     w = torch.full((b,), float(scale), device=x0.device)
-    g = {"guidance": w * 1000.0} if student_guidance else {}
+    embedded = w if student_guidance else None
     with torch.no_grad():
         v_t = guided_velocity(teacher, x_a, s_a, cond, uncond, w, mode)
-        x_b = x_a + _bcast(s_b - s_a) * v_t
-        y = x_b + _bcast(e - s_b) * target(x_b, s_b * 1000.0, *cond, **g).float()
-        y = torch.where(_bcast(s_b == e), x_b, y)  # f(x, e) = x exactly, whatever v(x, e) is
-    pred = x_a + _bcast(e - s_a) * student(x_a, s_a * 1000.0, *cond, **g).float()
+        x_b = x_a + bcast(s_b - s_a) * v_t
+        y = x_b + bcast(e - s_b) * Denoiser(target, cond, embedded=embedded)(x_b, s_b)
+        y = torch.where(bcast(s_b == e), x_b, y)  # f(x, e) = x exactly, whatever v(x, e) is
+    pred = x_a + bcast(e - s_a) * Denoiser(student, cond, embedded=embedded)(x_a, s_a)
     return pseudo_huber(pred - y, huber_c).mean()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +32,12 @@ def load_teacher(name_or_dir: str, *, device: torch.device, text_encoder: str | 
     `text_encoder` overrides the folder's sentence encoder with a local copy (e.g. the packed
     MiniLM on a machine without the weights package)."""
     from omnidit.dit import DiT
-    from omnidit.pipeline import MODELS_DIR, resolve_model
-    from omnidit.pipeline_config import read_pipeline_config
+    from omnidit.model_folder import open_model
     from omnidit.tokenizers import load_text_encoder
 
-    model_dir = resolve_model(name_or_dir)
-    index = json.loads((model_dir / "model_index.json").read_text())
-    dit = DiT.from_pretrained(model_dir / "transformer", dtype=torch.float32, device=device)
+    folder = open_model(name_or_dir)
+    dit = DiT.from_pretrained(folder.transformer_dir, dtype=torch.float32, device=device)
     dit.eval().requires_grad_(False)
-    te = load_text_encoder(model_dir, device=device, sentence_path=text_encoder or None)
-    config = read_pipeline_config(model_dir, index, dit.config.guidance_embeds)
-    name = model_dir.name if model_dir.parent == MODELS_DIR else str(model_dir)
-    return Teacher(name, model_dir, index, dit, te, config)
+    te = load_text_encoder(folder.path, device=device, sentence_path=text_encoder or None)
+    config = folder.sampling(dit.config.guidance_embeds)
+    return Teacher(folder.name, folder.path, folder.index, dit, te, config)

@@ -96,14 +96,12 @@ def model_info(model: str | None) -> ModelInfo:
     """`ModelInfo.from_pipeline` from the model folder's config files alone (a parallel replica's own
     process loads no weights: its workers do)."""
     from omnidit.dit.checkpoint import read_config
-    from omnidit.pipeline import MODELS_DIR, default_model, resolve_model
-    from omnidit.pipeline_config import read_pipeline_config
+    from omnidit.model_folder import open_model
 
-    model_dir = resolve_model(model or default_model())
-    index = json.loads((model_dir / "model_index.json").read_text())
-    c = read_pipeline_config(model_dir, index, read_config(model_dir / "transformer").guidance_embeds)
-    vae = json.loads((model_dir / "vae" / "config.json").read_text())
-    name = model_dir.name if model_dir.parent == MODELS_DIR else str(model_dir)  # as Pipeline names it
+    folder = open_model(model)
+    c = folder.sampling(read_config(folder.transformer_dir).guidance_embeds)
+    vae = json.loads((folder.vae_dir / "config.json").read_text())
+    name = folder.name  # as Pipeline names it
     return ModelInfo(id=Path(name).name, name=name, width=c.width, height=c.height, max_width=c.max_width,
                      max_height=c.max_height, max_frames=c.max_frames, size_multiple=c.size_multiple, fps=c.fps,
                      steps=c.steps, guidance=float(c.guidance), temporal_ratio=int(vae["temporal_compression_ratio"]))

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import tempfile
 import time
 from pathlib import Path
+
+from omnidit.files import write_atomic
 
 VIDEO_ID = re.compile(r"^video_[0-9a-f]{32}$")
 IMAGE_ID = re.compile(r"^img_[0-9a-f]{32}$")
@@ -32,22 +33,6 @@ def is_video_id(s: str) -> bool:
 
 def is_image_id(s: str) -> bool:
     return bool(IMAGE_ID.match(s))
-
-
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write to a temp file in the same folder, fsync, then rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 class OutputDir:

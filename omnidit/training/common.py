@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -30,7 +31,7 @@ def load_weights_from(model: torch.nn.Module, name_or_dir: str, field: str) -> N
     """Start `model` from a shipped or exported model folder's transformer (fine-tuning, or a
     student distilled elsewhere); `field` names the option in the error if it does not fit."""
     from omnidit.dit import DiT
-    from omnidit.pipeline import resolve_model
+    from omnidit.model_folder import resolve_model
 
     init = DiT.from_pretrained(resolve_model(name_or_dir) / "transformer", dtype=torch.float32)
     try:
@@ -56,10 +57,26 @@ def smooth_loss(running: float | None, loss: torch.Tensor, keep: float = 0.98) -
     return value if running is None else keep * running + (1 - keep) * value
 
 
+@contextlib.contextmanager
+def reference_attention() -> Iterator[None]:
+    """Train with PyTorch's math SDPA kernel on CUDA for the block (or the decorated function), then
+    put the kernel choice back as it was. The small models trained here have short sequences
+    (<= ~400 tokens), where the fused kernels gain little, and a fused kernel's backward hit an
+    illegal memory access on an H100 (torch 2.11) with per-sample text padding.
+
+    The switches are PyTorch's process-wide SDPA flags: scoped in time, not per thread."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
 def reference_attention_on_cuda() -> None:
-    """Train with PyTorch's math SDPA kernel on CUDA. The small models trained here have short
-    sequences (<= ~400 tokens), where the fused kernels gain little, and a fused kernel's backward
-    hit an illegal memory access on an H100 (torch 2.11) with per-sample text padding."""
+    """Deprecated: flips the process-wide SDPA flags for good. Use `with reference_attention():`
+    (or `@reference_attention()`); kept until train_dit and train_distill move to it."""
     if torch.cuda.is_available():
         torch.backends.cuda.enable_flash_sdp(False)
         torch.backends.cuda.enable_mem_efficient_sdp(False)
@@ -69,10 +86,10 @@ def reference_attention_on_cuda() -> None:
 
 def save_checkpoint(path: Path, **state) -> None:
     """Atomically write a dict of state (models' state_dicts, optimizer, step, rng) to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    from omnidit.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path) -> dict | None:

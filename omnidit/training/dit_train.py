@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from omnidit.sampling.flow import flow_loss
 from omnidit.training.common import (
     EMA,
     Budget,
@@ -60,32 +60,6 @@ class DiTTrainConfig:
     patch_size: int | None = None  # spatial patch of a new DiT (2 on a 4x VAE's 16x16 latents: 64 tokens)
 
 
-def sample_sigmas(b: int, gen: torch.Generator, shift: float = 1.0) -> torch.Tensor:
-    """Logit-normal noise levels (SD3), with 10 % uniform so both ends are trained; `shift` > 1
-    moves them towards pure noise, as the sampling schedules' shift does."""
-    from omnidit.sampling import shift_sigmas
-
-    s = torch.sigmoid(torch.randn(b, generator=gen))
-    u = torch.rand(b, generator=gen)
-    return shift_sigmas(torch.where(torch.rand(b, generator=gen) < 0.1, u, s), shift)
-
-
-def flow_loss(model, x0, text, mask, pooled, null, gen: torch.Generator, dropout: float,
-              shift: float = 1.0) -> torch.Tensor:
-    """MSE between predicted and true velocity (noise - x0) at x_t = (1 - s) x0 + s noise."""
-    b = x0.shape[0]
-    drop = (torch.rand(b, generator=gen) < dropout).to(x0.device)
-    if drop.any():
-        text, mask, pooled = text.clone(), mask.clone(), pooled.clone()
-        text[drop], mask[drop], pooled[drop] = null[0].to(text), null[1].to(mask), null[2].to(pooled)
-    sigma = sample_sigmas(b, gen, shift).to(x0)
-    noise = torch.randn(x0.shape, generator=gen).to(x0)
-    s = sigma.view(b, 1, 1, 1, 1)
-    x_t = (1 - s) * x0 + s * noise
-    v = model(x_t, sigma * 1000.0, text, mask, pooled)  # [B, C, F, H, W]
-    return F.mse_loss(v.float(), (noise - x0).float())
-
-
 def train_dit(cfg: DiTTrainConfig) -> Path:
     from accelerate import Accelerator
 
@@ -98,7 +72,7 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     if cfg.init_from:
         from omnidit.dit.checkpoint import read_config
-        from omnidit.pipeline import resolve_model
+        from omnidit.model_folder import resolve_model
 
         dit_cfg = read_config(resolve_model(cfg.init_from) / "transformer")
     else:

@@ -20,6 +20,8 @@ __all__ = [
     "bcast",
     "flow_loss",
     "noised",
+    "noised_from",
+    "randn_from",
     "timesteps_from_sigmas",
     "training_sigmas",
     "velocity_target",
@@ -57,6 +59,11 @@ def randn_from(gen: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
     same draws, then moved to `like`'s device and dtype."""
     device = gen.device if gen is not None else like.device
     return torch.randn(like.shape, generator=gen, device=device).to(like)
+
+
+def noised_from(x0: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """x_s at `sigma`, the noise drawn from the CPU generator `gen` (same draws on every device)."""
+    return noised(x0, sigma, randn_from(gen, x0))
 
 
 def training_sigmas(b: int, gen: torch.Generator, shift: float = 1.0) -> torch.Tensor:

@@ -20,36 +20,33 @@ print(tokenizers.__file__)
 """
 
 
-def run(code: str, cwd: Path, extra_path: list[Path]) -> str:
+def run(code: str, cwd: Path, extra_path: list[Path]) -> subprocess.CompletedProcess:
     prefix = f"import sys; sys.path[:0] = {[str(p) for p in extra_path]!r}\n"
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", prefix + code], cwd=cwd, capture_output=True, text=True, timeout=120
     )
+
+
+def test_import_tokenizers_is_hugging_face():
+    proc = run(CHECK, REPO, [REPO])  # the repo root first on sys.path
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
+    assert Path(proc.stdout.strip()).parent.parent != PKG
 
 
 @pytest.mark.parametrize(
     "cwd,extra_path",
     [
-        (REPO, [REPO]),  # the repo root first on sys.path
         (REPO, [PKG, REPO]),  # the omnidit folder itself ahead of site-packages
         (PKG, [REPO]),  # a script started from inside omnidit/ ('' = omnidit/ on sys.path)
     ],
 )
-def test_import_tokenizers_is_hugging_face(cwd, extra_path):
-    out = run(CHECK, cwd, extra_path)
-    assert Path(out.strip()).parent.parent != PKG
-
-
-def test_transformers_works_with_omnidit_folder_on_path():
-    code = (
-        "from transformers import PreTrainedTokenizerFast\n"
-        "from tokenizers import Tokenizer, models\n"
-        "tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({'[UNK]': 0, 'hi': 1}, unk_token='[UNK]')))\n"
-        "print(tok.convert_tokens_to_ids('hi'))\n"
-    )
-    assert run(code, PKG, [PKG, REPO]).strip() == "1"
+def test_omnidit_folder_on_path_fails_loudly_instead_of_shadowing(cwd, extra_path):
+    """With omnidit/ itself on sys.path our folder would be found as `tokenizers`; it refuses to
+    stand in for Hugging Face's package and says how to fix the path."""
+    for code in ("import tokenizers", "from transformers import PreTrainedTokenizerFast"):
+        proc = run(code, cwd, extra_path)
+        assert proc.returncode != 0
+        assert "ImportError" in proc.stderr and "omnidit/ itself is on sys.path" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_in_process_modules_are_distinct():

@@ -59,19 +59,22 @@ def test_encode_decode_shapes_and_parity(vv, ref_vae, frames):
 
 
 def test_cpu_conv3d_takes_onednn_and_matches_native():
-    from omnidit.tokenizers.onednn_conv import _OneDNNConv3d, use_onednn_conv3d
+    from omnidit.tokenizers.onednn_conv import OneDNNConv3d, use_onednn_conv3d
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv3d(8, 8, 3), torch.nn.SiLU(), torch.nn.Conv3d(8, 3, 3, padding=1))
     x = torch.randn(1, 8, 7, 20, 20)
     with torch.no_grad():
         want = net(x)
+    first, keys = net[0], list(net.state_dict())
     assert use_onednn_conv3d(net) == (2 if torch.backends.mkldnn.is_available() else 0)
     with torch.no_grad():
         got = net(x)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     if torch.backends.mkldnn.is_available():
-        assert isinstance(net[0], _OneDNNConv3d) and use_onednn_conv3d(net) == 0  # idempotent
+        assert isinstance(net[0], OneDNNConv3d) and use_onednn_conv3d(net) == 0  # idempotent
+        assert type(first) is torch.nn.Conv3d and net[0].weight is first.weight  # a new module, the same weights
+        assert list(net.state_dict()) == keys
         with torch.profiler.profile() as prof, torch.no_grad():
             net(x)
         ops = {e.key for e in prof.key_averages()}
@@ -79,6 +82,23 @@ def test_cpu_conv3d_takes_onednn_and_matches_native():
     y = net(x.requires_grad_())  # training keeps PyTorch's own kernel (and its backward)
     y.sum().backward()
     assert x.grad is not None
+
+
+def test_videovae_leaves_the_given_module_untouched(vae_dir):
+    """VideoVAE wraps convolutions in its own copy of the module tree (same parameter tensors); the
+    diffusers module it is given keeps its classes, children and mode."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    given = AutoencoderKLHunyuanVideo.from_pretrained(vae_dir).train()
+    tree = [(name, type(m), id(m)) for name, m in given.named_modules()]
+    keys = list(given.state_dict())
+    vv = VideoVAE(given)
+    assert [(name, type(m), id(m)) for name, m in given.named_modules()] == tree
+    assert given.training and not vv.vae.training
+    assert list(vv.vae.state_dict()) == keys  # the library's state dict, whatever wraps the convs
+    assert all(a is b for a, b in zip(vv.vae.parameters(), given.parameters(), strict=True))  # no weight copy
+    if torch.backends.mkldnn.is_available():
+        assert {type(m).__name__ for m in vv.vae.modules()} >= {"OneDNNConv3d", "ImageFoldingCausalConv3d"}
 
 
 def test_encode_sample_uses_generator(vv, ref_vae):
@@ -142,8 +162,7 @@ def test_auto_tiling_switches_on_for_large_frames_only(vae_dir, monkeypatch):
     vv.enable_tiling()
     assert vv.vae.use_tiling is True
     vv.disable_tiling()
-    vv.enable_slicing()
-    assert vv.vae.use_slicing is True
+    assert vv.vae.use_tiling is False
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -189,13 +208,17 @@ def test_one_frame_causal_conv_runs_as_2d_and_matches_3d(stride):
     same output; several frames, and training, keep diffusers' 3D path."""
     from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import HunyuanVideoCausalConv3d
 
-    from omnidit.tokenizers.image_conv import use_image_conv
+    from omnidit.tokenizers.image_conv import ImageFoldingCausalConv3d, use_image_conv
 
     torch.manual_seed(0)
-    conv = HunyuanVideoCausalConv3d(6, 5, 3, stride=stride).eval()
+    net = torch.nn.Sequential(HunyuanVideoCausalConv3d(6, 5, 3, stride=stride)).eval()
     ref = HunyuanVideoCausalConv3d(6, 5, 3, stride=stride).eval()
-    ref.load_state_dict(conv.state_dict())
-    assert use_image_conv(conv) == 1 and use_image_conv(conv) == 0  # idempotent
+    ref.load_state_dict(net[0].state_dict())
+    wrapped = net[0]
+    assert use_image_conv(net) == 1 and use_image_conv(net) == 0  # idempotent
+    conv = net[0]
+    assert isinstance(conv, ImageFoldingCausalConv3d) and type(wrapped) is HunyuanVideoCausalConv3d
+    assert conv.conv is wrapped.conv and list(conv.state_dict()) == list(ref.state_dict())  # the library's keys
     image, clip = torch.randn(2, 6, 1, 12, 10), torch.randn(2, 6, 5, 12, 10)
     with torch.no_grad(), torch.profiler.profile() as prof:
         got = conv(image)

@@ -10,19 +10,15 @@ traceback.
 from __future__ import annotations
 
 import html
-import os
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-# Before gradio is imported: the demo never phones home.
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+import gradio as gr
 
-import gradio as gr  # noqa: E402
-
-from omnidit.demo.client import ApiError, NotFound, OmniClient, parse_size  # noqa: E402
+from omnidit.demo.client import ApiError, NotFound, OmniClient, parse_size
 
 # Prompts in the shapes world's grammar (omnidit/shapes/world.py), which the embedded model knows.
 IMAGE_EXAMPLES = [

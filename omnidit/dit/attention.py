@@ -40,10 +40,6 @@ class JointLayout:
             raise ValueError(f"JointLayout.text_lengths must lie in [0, {self.max_text}], got {self._lengths}")
 
     @property
-    def seq_len(self) -> int:
-        return self.n_img + self.max_text
-
-    @property
     def uniform(self) -> bool:
         """True when no sample has padding, i.e. attention needs no mask at all."""
         return all(n == self.max_text for n in self._lengths)
@@ -69,7 +65,6 @@ class AttentionBackend:
     device_types: frozenset[str]
     dtypes: frozenset[torch.dtype]
     supports_mask: bool  # fn takes a key-padding mask
-    supports_varlen: bool  # the library has a packed variable-length kernel (unused: see joint_attention)
     requires: str | None = None  # module that must be importable
 
     def available(self) -> bool:
@@ -109,15 +104,15 @@ _HALF = frozenset({torch.float16, torch.bfloat16})
 BACKENDS: dict[str, AttentionBackend] = {
     "sdpa": AttentionBackend(
         "sdpa", _sdpa, frozenset({"cpu", "cuda", "mps", "xpu"}), _HALF | {torch.float32},
-        supports_mask=True, supports_varlen=False,
+        supports_mask=True,
     ),
     "flash_attn": AttentionBackend(
         "flash_attn", _flash_attn, frozenset({"cuda"}), _HALF,
-        supports_mask=False, supports_varlen=True, requires="flash_attn",
+        supports_mask=False, requires="flash_attn",
     ),
     "xformers": AttentionBackend(
         "xformers", _xformers, frozenset({"cuda"}), _HALF | {torch.float32},
-        supports_mask=False, supports_varlen=True, requires="xformers",
+        supports_mask=False, requires="xformers",
     ),
 }  # fmt: skip
 

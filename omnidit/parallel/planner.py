@@ -94,10 +94,6 @@ class PlanRow:
     def step_s(self) -> float:
         return self.compute_s + self.comm_exposed_s
 
-    @property
-    def total_bytes(self) -> float:
-        return self.ulysses_bytes + self.ring_bytes + self.gather_bytes
-
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]

@@ -100,7 +100,6 @@ class JobRunner:
         self.log_prompts = log_prompts
         self.between_steps = between_steps
         self.current: str | None = None  # id of the running job
-        self.last_error: BaseException | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -123,8 +122,7 @@ class JobRunner:
         while not self._stop.is_set():
             try:
                 ran = self.run_one()
-            except Exception as e:  # the store was unreachable: keep trying, health check reports it
-                self.last_error = e
+            except Exception:  # the store was unreachable: log it and keep trying
                 log.exception("job runner error")
                 ran = None
             if ran is None:

@@ -180,10 +180,6 @@ class SceneSpec:
                     raise ValueError(f"two objects share the position {obj.position!r}; positions must differ")
                 named.add(obj.position)
 
-    @property
-    def has_motion(self) -> bool:
-        return any(o.motion is not None for o in self.objects)
-
     def semantics(self) -> tuple:
         """Order-free meaning of the scene: equal for a spec and parse(prompt_for(spec))."""
         return (self.background, tuple(sorted((o.semantics() for o in self.objects), key=repr)))

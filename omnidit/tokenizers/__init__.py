@@ -5,40 +5,32 @@ would shadow Hugging Face's `tokenizers`, which transformers needs.
 """
 
 if __name__ == "tokenizers":
-    # This folder was imported as a top-level `tokenizers` because omnidit/ itself is on
-    # sys.path (e.g. a script run from inside it). Hand the name over to Hugging Face's
-    # package, which transformers needs, instead of shadowing it.
-    import importlib.machinery
-    import importlib.util
-    import os
-    import sys
-
-    _ours = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-    _path = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != _ours]
-    _spec = importlib.machinery.PathFinder.find_spec("tokenizers", _path)
-    if _spec is None or _spec.loader is None:
-        raise ImportError("Hugging Face `tokenizers` is not installed (omnidit/tokenizers is not a substitute)")
-    _hf = importlib.util.module_from_spec(_spec)
-    sys.modules["tokenizers"] = _hf  # the import system returns whatever is here after we finish
-    _spec.loader.exec_module(_hf)
-else:
-    from omnidit.tokenizers.text import (
-        HunyuanTextEncoder,
-        SentenceTextEncoder,
-        TextEmbeddings,
-        TextEncoder,
-        default_sentence_encoder_path,
-        load_text_encoder,
+    # This folder was found as a top-level `tokenizers` because omnidit/ itself is on sys.path
+    # (a script run from inside it, or omnidit/ added to PYTHONPATH). That shadows Hugging Face's
+    # package, which transformers imports; stop here with the fix instead of failing inside it.
+    raise ImportError(
+        f"{__file__} was imported as the top-level module `tokenizers`, shadowing Hugging Face's "
+        "`tokenizers`: omnidit/ itself is on sys.path. Put the folder that contains omnidit/ there "
+        "instead (run from the repository root, or `python -m omnidit ...`)."
     )
-    from omnidit.tokenizers.vae import VideoVAE, frames_to_uint8
 
-    __all__ = [
-        "HunyuanTextEncoder",
-        "SentenceTextEncoder",
-        "TextEmbeddings",
-        "TextEncoder",
-        "VideoVAE",
-        "default_sentence_encoder_path",
-        "frames_to_uint8",
-        "load_text_encoder",
-    ]
+from omnidit.tokenizers.text import (
+    HunyuanTextEncoder,
+    SentenceTextEncoder,
+    TextEmbeddings,
+    TextEncoder,
+    default_sentence_encoder_path,
+    load_text_encoder,
+)
+from omnidit.tokenizers.vae import VideoVAE, frames_to_uint8
+
+__all__ = [
+    "HunyuanTextEncoder",
+    "SentenceTextEncoder",
+    "TextEmbeddings",
+    "TextEncoder",
+    "VideoVAE",
+    "default_sentence_encoder_path",
+    "frames_to_uint8",
+    "load_text_encoder",
+]

@@ -12,11 +12,12 @@ Everything loads from local folders only (local_files_only=True); nothing touche
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -68,6 +69,24 @@ def _dtype_kwargs(dtype: torch.dtype | None) -> dict[str, Any]:
 
     key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     return {key: dtype or torch.float32}
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' and huggingface_hub's progress bars off for the block, then back to how they were
+    (both switches are process-wide, so they are never left flipped)."""
+    from huggingface_hub.utils.tqdm import progress_bar_states
+    from transformers.utils import logging as hf_logging
+
+    was_enabled, hub_states = hf_logging.is_progress_bar_enabled(), dict(progress_bar_states)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+        progress_bar_states.clear()
+        progress_bar_states.update(hub_states)
 
 
 def _load_tokenizer(pipeline_dir: Path, name: str) -> Any:
@@ -227,14 +246,13 @@ class SentenceTextEncoder(TextEncoder):
     ) -> SentenceTextEncoder:
         """Load AutoModel + AutoTokenizer from a local folder (default: the packaged MiniLM)."""
         from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # a 6-layer encoder loads in a blink; no bar on the CLI
         path = Path(path) if path is not None else default_sentence_encoder_path()
         if not (path / "config.json").is_file():
             raise ValueError(f"path {str(path)!r} has no config.json (expected a transformers model folder)")
-        model = AutoModel.from_pretrained(path, local_files_only=True, **_dtype_kwargs(dtype))
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        with _no_progress_bars():  # a 6-layer encoder loads in a blink; no bar on the CLI
+            model = AutoModel.from_pretrained(path, local_files_only=True, **_dtype_kwargs(dtype))
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         enc = cls(model, tok, max_length=max_length)
         return enc.to(device=device) if device is not None else enc
 

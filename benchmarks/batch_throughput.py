@@ -1,7 +1,7 @@
 """Batch-job throughput: items per second with 1 vs 2 generator actors (Ray Data, local Ray on CPU).
 
-    python benchmarks/batch_throughput.py           # tiny test model: 64 items, 64x64, 20 steps
-    python benchmarks/batch_throughput.py --model shapes --items 32 --size 256x256
+    python benchmarks/batch_throughput.py           # shapes-turbo: 64 items, 64x64, its own 4 steps
+    python benchmarks/batch_throughput.py --model shapes --items 32 --steps 10
 
 For each actor count it runs a fresh job (new output folder) on one local Ray and prints: the
 time to the first result (Ray actor start + model load), the steady rate from the first chunk's
@@ -15,13 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def _prompts(path: Path, n: int, size: str, frames: int, steps: int | None) -> Path:
@@ -56,11 +52,11 @@ def _baseline(model: str, prompts: Path, batch_size: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="shipped model or folder (default: a tiny random model)")
+    ap.add_argument("--model", default="shapes-turbo", help="shipped model name or model folder")
     ap.add_argument("--items", type=int, default=64)
     ap.add_argument("--size", default="64x64", help="WxH of every item")
     ap.add_argument("--frames", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=None, help="default: 20 for the tiny model, else the model's own")
+    ap.add_argument("--steps", type=int, default=None, help="default: the model's own")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--actors", default="1,2", help="actor counts to compare")
     args = ap.parse_args(argv)
@@ -72,11 +68,6 @@ def _run(args, tmp: Path) -> None:
     from omnidit.batch import BatchConfig, run_batch
     from omnidit.batch.runner import start_ray
 
-    if args.model is None:
-        from tiny_models import make_tiny_model_dir
-
-        args.model = str(make_tiny_model_dir(tmp / "tiny"))
-        args.steps = args.steps or 20  # the tiny model's 3 steps would measure only overheads
     prompts = _prompts(tmp / "prompts.jsonl", args.items, args.size, args.frames, args.steps)
     counts = [int(k) for k in args.actors.split(",")]
     print(f"model={args.model} items={args.items} size={args.size} frames={args.frames} steps={args.steps} "

@@ -15,15 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from omnidit.pipeline import Pipeline  # noqa: E402
+from omnidit.pipeline import Pipeline
 
 PROMPTS = {1: "a large red circle at the top left on a black background",
            17: "a small blue square on a white background, moving right"}

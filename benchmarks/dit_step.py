@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from omnidit.dit import PRESETS, DiT, DiTConfig, preset  # noqa: E402
+from omnidit.dit import PRESETS, DiT, DiTConfig, preset
 
 # Mid-size CPU config: 8 heads x 64, 2 dual + 4 single blocks.
 BENCH = DiTConfig(

@@ -5,8 +5,9 @@
 2. Throughput with --clients concurrent HTTP clients, image batching on (--max-batch-size)
    vs off (max_batch_size=1).
 
-    python benchmarks/serve_latency.py --tiny              # a tiny random model (CPU, seconds)
-    python benchmarks/serve_latency.py --model shapes-turbo --device cuda
+    python benchmarks/serve_latency.py                     # shapes-turbo on the CPU
+    python benchmarks/serve_latency.py --repeats 3 --clients 2 --per-client 2   # a quick look
+    python benchmarks/serve_latency.py --model shapes --device cuda
 
 Prints a table and writes JSON (--out). Each generator replica gets one CPU thread on CPU
 (Ray's default for num_cpus=1); the in-process run uses the same thread count.
@@ -18,13 +19,10 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _in_process(model: str, device: str | None, size: tuple[int, int], steps: int | None, repeats: int) -> dict:
@@ -96,8 +94,7 @@ def _throughput(url: str, size: str, steps: int | None, clients: int, per_client
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="model name or folder (default: the embedded model)")
-    p.add_argument("--tiny", action="store_true", help="build and use a tiny random model (tests/tiny_models.py)")
+    p.add_argument("--model", default="shapes-turbo", help="shipped model name or model folder")
     p.add_argument("--device", default=None)
     p.add_argument("--size", default=None, help="WxH (default: the model's default size)")
     p.add_argument("--steps", type=int, default=None)
@@ -110,15 +107,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/serve_latency.json")
     args = p.parse_args(argv)
 
-    from omnidit.pipeline import Pipeline, default_model
+    from omnidit import Pipeline
 
     tmp = tempfile.TemporaryDirectory()
-    model = args.model or default_model()
-    if args.tiny:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from tiny_models import make_tiny_model_dir
-
-        model = str(make_tiny_model_dir(Path(tmp.name) / "tiny"))
+    model = args.model
     cfg = Pipeline.from_pretrained(model, device="cpu").config if args.size is None else None
     size = args.size or f"{cfg.width}x{cfg.height}"
     w, h = (int(v) for v in size.split("x"))

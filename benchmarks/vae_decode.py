@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from omnidit.pipeline import MODELS_DIR  # noqa: E402
-from omnidit.tokenizers import VideoVAE  # noqa: E402
+from omnidit.model_folder import MODELS_DIR
+from omnidit.tokenizers import VideoVAE
 
 
 def main() -> None:

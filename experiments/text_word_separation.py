@@ -1,6 +1,6 @@
 """How much does the text encoder's output change when one word of a prompt changes, per layer?
 
-    python tools/text_word_separation.py
+    python experiments/text_word_separation.py
 
 The DiT can only learn an attribute as well as its text states tell the words apart. Prints, for
 each layer of the packaged all-MiniLM-L6-v2, the relative change of the token states (sum of
@@ -10,12 +10,8 @@ per-token L2 changes / sum of token norms) when one attribute word is swapped.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SWAPS = {"direction": ("left", "right"), "size": ("large", "small"), "colour": ("red", "blue"),
          "shape": ("square", "circle")}

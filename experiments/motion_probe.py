@@ -1,6 +1,6 @@
 """Does a shapes model use the motion words of a prompt? Two checks, for the next training run.
 
-    python tools/motion_probe.py --model shapes
+    python experiments/motion_probe.py --model shapes
 
 1. Seeds vs words: one prompt per direction, the same seeds for each; prints the first -> last
    frame displacement of the object. A model that ignores the words moves objects by the seed
@@ -17,13 +17,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 FRAMES = 17

@@ -87,6 +87,12 @@ class ModelFolder:
         return FAMILIES.get(cls, "omnidit")
 
     @property
+    def temporal_ratio(self) -> int:
+        """Frames per latent frame of the folder's causal VAE (after the first)."""
+        cfg = json.loads((self.vae_dir / "config.json").read_text())
+        return int(cfg.get("temporal_compression_ratio", 4))  # diffusers' default for the HunyuanVideo VAE
+
+    @property
     def omnidit(self) -> dict:
         """The folder's own `"omnidit"` section (sampling defaults, provenance), or {}."""
         return self.index.get("omnidit", {})

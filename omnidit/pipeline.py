@@ -15,6 +15,17 @@ import torch
 from omnidit.generation import Generation
 from omnidit.model_folder import open_model
 from omnidit.pipeline_config import PipelineConfig
+from omnidit.request import (
+    MAX_SEED,
+    RequestError,
+    check_frames,
+    check_guidance,
+    check_negative_prompt,
+    check_prompt,
+    check_seed,
+    check_side,
+    check_steps,
+)
 from omnidit.sampling import Denoiser, NoiseSampler, Text, flow_sigmas, run_sampler, seeded_noise
 
 # callback(step, total, latents) after each denoising step; may raise sampling.Cancelled.
@@ -90,6 +101,14 @@ class Pipeline:
         return cls(dit, vae, text_encoder, config, name=name, parallel=parallel)
 
     @property
+    def broken(self) -> str | None:
+        """A one-process pipeline never breaks (a WorkerGroup's can); the serving engine asks."""
+        return None
+
+    def close(self) -> None:
+        """Nothing to release (a WorkerGroup stops its processes here)."""
+
+    @property
     def device(self) -> torch.device:
         return next(self.dit.parameters()).device
 
@@ -110,22 +129,18 @@ class Pipeline:
         negative_prompt: str | None = None,
         true_cfg_scale: float | None = None,
     ) -> _Request:
-        """Validate arguments against the model's limits; ValueError names the field."""
+        """Validate arguments against the model's limits; a `RequestError` (ValueError) names the field."""
         c = self.config
         height = c.height if height is None else height
         width = c.width if width is None else width
         steps = c.steps if steps is None else steps
         guidance = c.guidance if guidance is None else guidance
-        t = self.vae.temporal_ratio
-        for field, value, top in (("height", height, c.max_height), ("width", width, c.max_width)):
-            if not isinstance(value, int) or value < c.size_multiple or value > top or value % c.size_multiple:
-                raise ValueError(f"{field} must be a multiple of {c.size_multiple} in [{c.size_multiple}, {top}], got {value!r}")
-        if not isinstance(frames, int) or frames < 1 or frames > c.max_frames or (frames - 1) % t:
-            raise ValueError(f"frames must be 1, {1 + t}, {1 + 2 * t}, ... up to {c.max_frames} (1 mod {t}), got {frames!r}")
-        if not isinstance(steps, int) or not 1 <= steps <= 1000:
-            raise ValueError(f"steps must be an integer in [1, 1000], got {steps!r}")
-        if not 0.0 <= float(guidance) <= 30.0:
-            raise ValueError(f"guidance must be in [0, 30], got {guidance!r}")
+        check_side("height", height, c.size_multiple, c.max_height)
+        check_side("width", width, c.size_multiple, c.max_width)
+        check_frames(frames, self.vae.temporal_ratio, c.max_frames)
+        check_steps(steps)
+        guidance = check_guidance(guidance)
+        negative_prompt = check_negative_prompt(negative_prompt)
         if c.guidance_mode == "cfg":
             neg = c.negative_prompt if negative_prompt is None else negative_prompt
             cfg_scale = float(guidance)
@@ -189,14 +204,15 @@ class Pipeline:
     ) -> tuple[torch.Tensor, _Request, list[int]]:
         """`generate_many` up to the decoder: (clean latents `[B, C, F', H', W']` fp32, the filled-in
         request, the seeds used). `decode(latents)` then gives exactly `generate_many`'s frames."""
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompt must be a non-empty string (or a non-empty list of strings)")
+        if not isinstance(prompts, (list, tuple)) or not prompts:
+            raise RequestError("prompt", "prompt must be a non-empty string (or a non-empty list of strings)")
+        prompts = [check_prompt(p) for p in prompts]
         req = self.check(frames=frames, height=height, width=width, steps=steps, guidance=guidance,
                          negative_prompt=negative_prompt, true_cfg_scale=true_cfg_scale)
         seeds = list(seeds) if seeds is not None else [None] * len(prompts)
         if len(seeds) != len(prompts):
-            raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
-        seeds = [int(torch.randint(0, 2**31 - 1, ()).item()) if s is None else int(s) for s in seeds]
+            raise RequestError("seed", f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
+        seeds = [int(torch.randint(0, MAX_SEED, ()).item()) if s is None else check_seed(s) for s in seeds]
         if self.parallel is not None:
             seeds = self.parallel.broadcast_object(seeds)  # rank 0's draw: noise must match on every rank
         if latents is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tiny_models import make_tiny_model_dir
+from tolerances import assert_frames_close
 
 from omnidit.batch import BatchConfig, parse_line, parse_prompts, read_manifest, run_batch
 from omnidit.batch.lines import BatchItem, LineError, ParsedPrompts, derived_seed
@@ -59,7 +60,7 @@ def test_bad_lines_are_reported_with_line_numbers(tmp_path):
         {"id": "h", "prompt": "x", "frames": 9, "size": "48x32", "seed": 5, "steps": 2, "guidance": 1,
          "negative_prompt": "blur"},  # 15 ok
     ]
-    parsed = parse_prompts(write_lines(tmp_path / "p.jsonl", lines))
+    parsed = parse_prompts(write_lines(tmp_path / "p.jsonl", lines), temporal_ratio=4)
     assert [it.id for it in parsed.items] == ["a", "h"]
     h = parsed.items[1]
     assert (h.line, h.frames, h.width, h.height, h.seed, h.steps, h.guidance, h.negative_prompt, h.filename) == (
@@ -124,7 +125,8 @@ def test_plan_groups_chunks_and_skips_finished(tmp_path):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return str(make_tiny_model_dir(tmp_path_factory.mktemp("tiny")))
+    # The re-noising sampler (the shipped default's): a line's noise must not depend on its chunk.
+    return str(make_tiny_model_dir(tmp_path_factory.mktemp("tiny"), sampling={"sampler": "x0_renoise"}))
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +196,14 @@ def test_job_end_to_end(job):
     assert "duplicate id 'k00'" in parse_errs[1][1]
     pngs = sorted(out.glob("*.png"))
     assert not np.array_equal(read_video(pngs[0]), read_video(pngs[1]))  # lines differ, pictures too
+    # A line's output is its own: the same as that line generated alone, whatever shared its chunk.
+    from omnidit import Pipeline
+
+    pipe = Pipeline.from_pretrained(by_id["k00"]["model"], device="cpu")
+    for item_id in ("k00", "k01", "k02"):
+        r = by_id[item_id]
+        alone = pipe.generate(r["prompt"], seed=r["seed"], **r["params"])
+        assert_frames_close(read_video(out / r["path"]), alone.frames)
 
 
 def _batch_cmd() -> list[str]:

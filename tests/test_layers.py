@@ -39,11 +39,7 @@ ROOT_LAZY = {"Pipeline": "pipeline", "Generation": "pipeline"}  # omnidit/__init
 
 # Known violations, to be fixed (each by the change named beside it); delete an entry when its
 # import is gone. Keys: (file relative to the repository, imported module).
-KNOWN_VIOLATIONS = {
-    # WorkerGroup runs Pipelines in worker processes, so parallel/ sits both under and over the
-    # pipeline: moving up beside serving/engine.py, its one user (issue 20, item 6).
-    ("omnidit/parallel/runner.py", "omnidit.pipeline"),
-}
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
 # The explicit promises of ARCHITECTURE.md, which FLOORS must encode.
 LOW_LEVEL_KNOW_NOTHING_OF = {

@@ -66,7 +66,7 @@ def test_parallel_flags_without_torchrun_exit_2(model, tmp_path, capsys, monkeyp
 
 def test_worker_group_cfg_parallel(model, reference):
     from omnidit.parallel import ParallelConfig
-    from omnidit.parallel.runner import WorkerGroup
+    from omnidit.serving.worker_group import WorkerGroup
     from omnidit.sampling import Cancelled
 
     with WorkerGroup(str(model), ParallelConfig(cfg_degree=2), device="cpu", collective_timeout_s=60) as group:

@@ -6,6 +6,8 @@ cancellation, a generator replica killed mid-job, and a restart of the service.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import signal
 import threading
@@ -17,7 +19,10 @@ import pytest
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
+import numpy as np
 from fake_api import free_port
+from PIL import Image
+from tolerances import assert_frames_close
 from omnidit.serving import app as serving_app  # noqa: E402
 from omnidit.serving.jobs import SQLiteJobStore  # noqa: E402
 from omnidit.serving.settings import ServeSettings  # noqa: E402
@@ -32,7 +37,8 @@ PARAMS = {"width": 32, "height": 32, "frames": 5, "fps": 8, "steps": 3, "guidanc
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
-    model = make_tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
+    # The re-noising sampler (the shipped default's): its noise must not depend on the batch.
+    model = make_tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny", sampling={"sampler": "x0_renoise"})
     settings = ServeSettings(
         model=str(model), data_dir=str(tmp_path_factory.mktemp("data")), api_key=KEY, device="cpu",
         max_pending_images=3, max_batch_size=8, batch_wait_s=0.2, max_steps=1000, lease_s=3.0, poll_s=0.1,
@@ -93,9 +99,17 @@ def test_images_over_http_are_batched(svc):
             batched = True
             break
     assert batched
+    # Each batched image equals the same request served alone (seed i, prompt i).
+    for i, r in enumerate(rs):
+        alone = svc.client.post("/v1/images/generations", json={"prompt": f"shape {i}", "seed": i})
+        assert_frames_close(_png(r.json()["data"][0]["b64_json"]), _png(alone.json()["data"][0]["b64_json"]))
     r = svc.client.post("/v1/images/generations", json={"prompt": "x", "n": 2, "response_format": "url"})
     url = r.json()["data"][1]["url"]
     assert url.startswith(svc.url) and svc.client.get(url).headers["content-type"] == "image/png"
+
+
+def _png(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
 
 
 def _batch_summary(client) -> tuple[float, float]:

@@ -1,24 +1,31 @@
 """Prompt lines of a batch job: JSON objects -> typed `BatchItem`s, or `LineError`s naming the line.
 
 A line is `{"id"?, "prompt", "frames"?, "size"? ("WxH"), "seed"?, "steps"?, "guidance"?,
-"negative_prompt"?}`. Only what can be judged without the model is checked here; the model's
-own limits (size multiple, max frames) are checked by `Pipeline.check` on the worker.
+"negative_prompt"?}`. Fields are checked by the request contract (`omnidit.request`); with the
+model's temporal ratio (the runner passes it) frame counts are checked here too, and the model's
+other limits (size multiple, max frames) by `Pipeline.check` on the worker.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from omnidit.request import (
+    check_frames,
+    check_guidance,
+    check_negative_prompt,
+    check_prompt,
+    check_seed,
+    check_steps,
+    parse_size,
+)
+
 KEYS = ("id", "prompt", "frames", "size", "seed", "steps", "guidance", "negative_prompt")
 ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
-SIZE_RE = re.compile(r"(\d{1,5})x(\d{1,5})")
-SEED_MAX = 2**63 - 1
-TEMPORAL_RATIO = 4  # frames must be 1 mod 4 (the video VAE's temporal compression)
 
 
 @dataclass(frozen=True)
@@ -95,8 +102,9 @@ def derived_seed(item_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"omnidit-seed:{item_id}".encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def parse_line(text: str, line: int) -> BatchItem | LineError:
-    """One line (1-based number `line`) -> a `BatchItem`, or a `LineError` saying what is wrong."""
+def parse_line(text: str, line: int, *, temporal_ratio: int | None = None) -> BatchItem | LineError:
+    """One line (1-based number `line`) -> a `BatchItem`, or a `LineError` saying what is wrong.
+    `temporal_ratio`: the model VAE's, to check frame counts now (None: on the worker)."""
     key = _sha1(text.strip())
 
     def err(message: str, item_id=None, prompt=None) -> LineError:
@@ -115,21 +123,23 @@ def parse_line(text: str, line: int) -> BatchItem | LineError:
         return err(f"unknown keys {unknown}; allowed: {list(KEYS)}", raw_id, raw_prompt)
     try:
         item_id = _check_id(raw_id) if "id" in obj else derived_id(obj)
-        width, height = _check_size(obj.get("size"))
+        width, height = parse_size(obj["size"]) if obj.get("size") is not None else (None, None)
+        frames = obj.get("frames", 1)
+        if temporal_ratio is not None or not (isinstance(frames, int) and not isinstance(frames, bool) and frames >= 1):
+            frames = check_frames(frames, temporal_ratio or 1)
         return BatchItem(
-            id=item_id, line=line, prompt=_check_prompt(raw_prompt),
-            seed=_int(obj, "seed", 0, SEED_MAX) if obj.get("seed") is not None else derived_seed(item_id),
-            frames=_check_frames(obj.get("frames", 1)),
-            width=width, height=height,
-            steps=_int(obj, "steps", 1, 1000) if obj.get("steps") is not None else None,
-            guidance=_check_guidance(obj.get("guidance")),
-            negative_prompt=_check_negative(obj.get("negative_prompt")),
+            id=item_id, line=line, prompt=check_prompt(raw_prompt),
+            seed=check_seed(obj["seed"]) if obj.get("seed") is not None else derived_seed(item_id),
+            frames=frames, width=width, height=height,
+            steps=check_steps(obj["steps"]) if obj.get("steps") is not None else None,
+            guidance=check_guidance(obj["guidance"]) if obj.get("guidance") is not None else None,
+            negative_prompt=check_negative_prompt(obj.get("negative_prompt")),
         )
     except ValueError as e:
         return err(str(e), raw_id, raw_prompt)
 
 
-def parse_prompts(path: str | Path) -> ParsedPrompts:
+def parse_prompts(path: str | Path, *, temporal_ratio: int | None = None) -> ParsedPrompts:
     """Every non-blank line of a JSONL file; a repeated id is an error on its later lines."""
     items: list[BatchItem] = []
     errors: list[LineError] = []
@@ -142,7 +152,7 @@ def parse_prompts(path: str | Path) -> ParsedPrompts:
         except UnicodeDecodeError as e:
             errors.append(LineError(n, f"line {n}: not UTF-8 ({e.reason} at byte {e.start})", _sha1(raw.hex())))
             continue
-        parsed = parse_line(text, n)
+        parsed = parse_line(text, n, temporal_ratio=temporal_ratio)
         if isinstance(parsed, BatchItem) and parsed.id in first_line:
             parsed = LineError(n, f"line {n}: duplicate id {parsed.id!r} (first on line {first_line[parsed.id]})",
                                _sha1(text.strip()), parsed.id, parsed.prompt)
@@ -160,48 +170,6 @@ def parse_prompts(path: str | Path) -> ParsedPrompts:
 def _check_id(v) -> str:
     if not isinstance(v, str) or not ID_RE.fullmatch(v) or v.startswith("."):
         raise ValueError(f"id must match [A-Za-z0-9._-]{{1,128}} and not start with '.', got {v!r}")
-    return v
-
-
-def _check_prompt(v) -> str:
-    if not isinstance(v, str) or not v.strip():
-        raise ValueError(f"prompt must be a non-empty string, got {v!r}")
-    return v
-
-
-def _int(obj: dict, field: str, lo: int, hi: int) -> int:
-    v = obj[field]
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise ValueError(f"{field} must be an integer in [{lo}, {hi}], got {v!r}")
-    return v
-
-
-def _check_frames(v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1 or (v - 1) % TEMPORAL_RATIO:
-        raise ValueError(f"frames must be 1, 5, 9, 13, ... (1 mod {TEMPORAL_RATIO}), got {v!r}")
-    return v
-
-
-def _check_size(v) -> tuple[int | None, int | None]:
-    if v is None:
-        return None, None
-    m = SIZE_RE.fullmatch(v) if isinstance(v, str) else None
-    if not m or int(m[1]) < 1 or int(m[2]) < 1:
-        raise ValueError(f"size must be \"WxH\" with positive integers (e.g. \"512x512\"), got {v!r}")
-    return int(m[1]), int(m[2])
-
-
-def _check_guidance(v) -> float | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise ValueError(f"guidance must be a number >= 0, got {v!r}")
-    return float(v)
-
-
-def _check_negative(v) -> str | None:
-    if v is not None and not isinstance(v, str):
-        raise ValueError(f"negative_prompt must be a string, got {v!r}")
     return v
 
 

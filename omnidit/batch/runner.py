@@ -22,6 +22,7 @@ from omnidit.batch.lines import BatchItem, parse_prompts
 from omnidit.batch.manifest import MANIFEST_NAME, ManifestWriter, item_row, line_error_row, read_manifest
 from omnidit.batch.plan import Plan, plan_job
 from omnidit.files import TEMP_NAME, write_atomic
+from omnidit.model_folder import open_model
 
 DEVICES = ("cpu", "cuda")
 MAX_BLOCKS = 10_000  # beyond this, several chunks share a Ray Data block (and a task)
@@ -82,7 +83,7 @@ def run_batch(cfg: BatchConfig, *, on_row: Callable[[dict], None] | None = None)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model = model_identity(cfg.model)
-    parsed = parse_prompts(cfg.prompts)
+    parsed = parse_prompts(cfg.prompts, temporal_ratio=open_model(model).temporal_ratio)
     manifest_path = out / MANIFEST_NAME
     run = uuid.uuid4().hex[:8]
     ok = failed = 0

@@ -8,7 +8,6 @@ own few steps, and an export to a model folder that `Pipeline.from_pretrained` l
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -24,7 +23,7 @@ from omnidit.training.common import (
     load_weights_from,
     log_metrics,
     optimizer_step,
-    reference_attention_on_cuda,
+    reference_attention,
     save_checkpoint,
     smooth_loss,
 )
@@ -112,6 +111,7 @@ def student_sampling(cfg: DistillConfig, teacher_sampling: dict, student_guidanc
     return s
 
 
+@reference_attention()
 def train_distill(cfg: DistillConfig) -> Path:
     """Train (or resume) the student, then export it to `cfg.out`; returns the model folder."""
     from accelerate import Accelerator
@@ -122,7 +122,6 @@ def train_distill(cfg: DistillConfig) -> Path:
     from omnidit.training.dit_train import DiTTrainConfig, open_data, quick_eval
 
     run = Path(cfg.run)
-    reference_attention_on_cuda()
     acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     torch.manual_seed(cfg.seed)
     teacher = load_teacher(cfg.teacher, device=acc.device, text_encoder=cfg.text_encoder)
@@ -257,6 +256,7 @@ def export_student(student: torch.nn.Module, teacher, out: Path, *, cfg: Distill
     """Write the student as a model folder: transformer/ (fp16), the teacher's vae/, model_index.json."""
     from omnidit import __version__
     from omnidit.dit import DiT, DiTConfig
+    from omnidit.model_folder import write_model_index
 
     out.mkdir(parents=True, exist_ok=True)
     dit = DiT(DiTConfig.from_dict(student.config.to_dict()))
@@ -275,5 +275,5 @@ def export_student(student: torch.nn.Module, teacher, out: Path, *, cfg: Distill
         "trained_steps": trained_steps,
         "weights": "ema",
     }
-    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    write_model_index(out, index)
     return out

@@ -6,7 +6,6 @@
     kernels.py   local attention with log-sum-exp, and exact merging of partial results
     runtime.py   ParallelRuntime: what a Pipeline holds to run across processes
     planner.py   choose degrees; communication volume per step of each choice
-    runner.py    WorkerGroup: one process per device behind a Pipeline-like API
 
 Single-device code never imports this package; the DiT only sees `set_joint_attention`.
 """

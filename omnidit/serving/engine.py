@@ -13,23 +13,32 @@ of going ahead between its steps.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
 from pathlib import Path
+from typing import Protocol
 
+from omnidit.request import MAX_SEED, RequestError
 from omnidit.serving.files import OutputDir
 from omnidit.serving.jobs import Job, open_store
 from omnidit.serving.runner import DeviceGate, JobRunner
-from omnidit.serving.schemas import MAX_SEED, ModelInfo
+from omnidit.serving.schemas import ModelInfo, request_error
 from omnidit.serving.settings import ServeSettings
+
+
+class GenerationBackend(Protocol):
+    """What the engine needs of a model: a `Pipeline` on one device, or a `WorkerGroup` of K."""
+
+    def generate_many(self, prompts: list[str], **kwargs) -> list: ...
+
+    @property
+    def broken(self) -> str | None: ...  # why it cannot serve any more (None: healthy)
+
+    def close(self) -> None: ...
 
 log = logging.getLogger("omnidit.serving")
 
-# First word of a Pipeline ValueError -> the request field to name.
-_PARAM_OF = {"height": "size", "width": "size", "frames": "frames", "steps": "steps", "guidance": "guidance",
-             "prompt": "prompt", "seeds": "seed"}
 
 
 def _group_key(p: dict) -> tuple:
@@ -79,9 +88,9 @@ def run_image_batch(pipe, payloads: list[dict], *, max_images: int = 16) -> list
                 for (i, _, seed), g in zip(chunk, gens):
                     results[i]["images"].append(g.to_bytes("png"))
                     results[i]["seeds"].append(seed)
-        except ValueError as e:
-            word = str(e).split(" ", 1)[0]
-            err = {"status": 422, "message": str(e), "param": _PARAM_OF.get(word)}
+        except ValueError as e:  # a RequestError names its field; another ValueError names none
+            param = request_error(e).param if isinstance(e, RequestError) else None
+            err = {"status": 422, "message": str(e), "param": param}
             for i in idxs:
                 results[i] = {"error": err}
         except Exception as e:
@@ -100,11 +109,10 @@ def model_info(model: str | None) -> ModelInfo:
 
     folder = open_model(model)
     c = folder.sampling(read_config(folder.transformer_dir).guidance_embeds)
-    vae = json.loads((folder.vae_dir / "config.json").read_text())
     name = folder.name  # as Pipeline names it
     return ModelInfo(id=Path(name).name, name=name, width=c.width, height=c.height, max_width=c.max_width,
                      max_height=c.max_height, max_frames=c.max_frames, size_multiple=c.size_multiple, fps=c.fps,
-                     steps=c.steps, guidance=float(c.guidance), temporal_ratio=int(vae["temporal_compression_ratio"]))
+                     steps=c.steps, guidance=float(c.guidance), temporal_ratio=folder.temporal_ratio)
 
 
 def start_worker_group(settings: ServeSettings):
@@ -112,7 +120,7 @@ def start_worker_group(settings: ServeSettings):
     import torch
 
     from omnidit.parallel import ParallelConfig
-    from omnidit.parallel.runner import WorkerGroup
+    from omnidit.serving.worker_group import WorkerGroup
 
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda"):
@@ -132,6 +140,7 @@ class GeneratorEngine:
         self.settings = settings
         t0 = time.perf_counter()
         self.parallel = settings.workers_per_replica > 1
+        self.pipe: GenerationBackend
         if self.parallel:
             self.info = model_info(settings.model)  # first: a bad model fails before any process starts
             self.pipe, self.device = start_worker_group(settings)
@@ -169,7 +178,7 @@ class GeneratorEngine:
         """Raises when the replica cannot do its job (Serve then replaces it)."""
         if self.runner is not None and not self.runner.alive:
             raise RuntimeError("the video job worker thread has stopped")
-        broken = getattr(self.pipe, "_broken", None)  # a WorkerGroup whose worker died or hung
+        broken = self.pipe.broken  # a WorkerGroup whose worker died or hung; a Pipeline never is
         if broken:
             raise RuntimeError(f"the worker group is broken: {broken}")
         return {"model": self.info.id, "device": self.device, "workers": self.settings.workers_per_replica,
@@ -182,5 +191,4 @@ class GeneratorEngine:
                 self.runner.stop()
                 self.runner.store.close()
         finally:
-            if self.parallel:
-                self.pipe.close()
+            self.pipe.close()

@@ -7,7 +7,7 @@ finishes the job. The denoising loop always runs in a worker thread, never on th
 replica's event loop, so health checks and batching keep working while it runs.
 
 Parallel replicas (`ulysses_degree x ring_degree x (2 if cfg_parallel)` = K > 1): the replica
-holds a sequence-parallel WorkerGroup (omnidit/parallel/runner.py) of K worker processes it
+holds a sequence-parallel WorkerGroup (omnidit/serving/worker_group.py) of K worker processes it
 spawns itself (engine.GeneratorEngine). On GPU the replica actor reserves all K GPUs
 (`num_gpus: K`, so gpus_per_replica must equal K): its children inherit the replica's
 CUDA_VISIBLE_DEVICES and worker k uses cuda:k, and one actor always sits on one node, so NCCL

@@ -9,7 +9,6 @@ and fill in defaults, raising `ApiError(422, param=...)` that names the field.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,13 +17,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from omnidit.serving.errors import ApiError
 
-MAX_PROMPT_CHARS = 2000
+from omnidit.request import (  # the request contract's limits, shared with Pipeline and batch lines
+    MAX_GUIDANCE,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STEPS,
+    RequestError,
+    check_frames,
+    check_side,
+    check_steps,
+)
+from omnidit.request import parse_size as parse_size_text
+
 MAX_N = 8
-MAX_SEED = 2**31 - 1
-MAX_STEPS = 1000
 MAX_SECONDS = 600.0
 DEFAULT_SECONDS = 2.0
-_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,7 @@ class ImageRequest(_Body):
                                                "default: the model's default size", examples=["32x32"])
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="image i of n uses seed + i")
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="default: the model's own")
-    guidance: float | None = Field(None, ge=0.0, le=30.0)
+    guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     response_format: Literal["b64_json", "url"] = "b64_json"
     model: str | None = Field(None, description="must name the served model when given")
@@ -98,7 +105,7 @@ class VideoRequest(_Body):
     fps: int | None = Field(None, ge=1, le=120, description="default: the model's fps")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     steps: int | None = Field(None, ge=1, le=MAX_STEPS)
-    guidance: float | None = Field(None, ge=0.0, le=30.0)
+    guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     model: str | None = None
     user: str | None = Field(None, max_length=256)
@@ -114,17 +121,19 @@ def parse_size(size: str | None, info: ModelInfo) -> tuple[int, int]:
     """`"WxH"` -> (width, height), checked against the model; None -> the model's default size."""
     if size is None:
         return info.width, info.height
-    m = _SIZE.match(size)
-    if not m:
-        raise ApiError(422, f"size must look like WIDTHxHEIGHT (e.g. {info.width}x{info.height}), got {size!r}",
-                       param="size", code="invalid_value")
-    w, h = int(m.group(1)), int(m.group(2))
-    k = info.size_multiple
-    for side, v, top in (("width", w, info.max_width), ("height", h, info.max_height)):
-        if v < k or v > top or v % k:
-            raise ApiError(422, f"size {size!r}: {side} must be a multiple of {k} in [{k}, {top}]",
-                           param="size", code="invalid_value")
+    try:
+        w, h = parse_size_text(size)
+        check_side("width", w, info.size_multiple, info.max_width)
+        check_side("height", h, info.size_multiple, info.max_height)
+    except RequestError as e:
+        raise ApiError(422, f"size {size!r}: {e}", param="size", code="invalid_value") from None
     return w, h
+
+
+def request_error(e: RequestError) -> ApiError:
+    """A request-contract error as the API's 422, `param` named by the field it carries."""
+    param = {"width": "size", "height": "size"}.get(e.field, e.field)
+    return ApiError(422, str(e), param=param, code="invalid_value")
 
 
 def frames_for_seconds(seconds: float, fps: int, temporal_ratio: int) -> int:
@@ -135,10 +144,10 @@ def frames_for_seconds(seconds: float, fps: int, temporal_ratio: int) -> int:
 
 def _steps(steps: int | None, info: ModelInfo, max_steps: int) -> int:
     steps = info.steps if steps is None else steps
-    if steps > max_steps:
-        raise ApiError(422, f"steps must be in [1, {max_steps}] on this service, got {steps}", param="steps",
-                       code="invalid_value")
-    return steps
+    try:
+        return check_steps(steps, max_steps)
+    except RequestError as e:
+        raise ApiError(422, f"{e} on this service", param="steps", code="invalid_value") from None
 
 
 def resolve_image(req: ImageRequest, info: ModelInfo, *, max_images: int, max_steps: int) -> dict:
@@ -164,9 +173,10 @@ def resolve_video(req: VideoRequest, info: ModelInfo, *, max_steps: int) -> dict
         raise ApiError(422, "give frames or seconds, not both", param="seconds", code="invalid_value")
     if req.frames is not None:
         frames, param = req.frames, "frames"
-        if (frames - 1) % t:
-            raise ApiError(422, f"frames must be 1 mod {t} (1, {1 + t}, {1 + 2 * t}, ...), got {frames}",
-                           param="frames", code="invalid_value")
+        try:
+            check_frames(frames, t)
+        except RequestError as e:
+            raise request_error(e) from None
     elif req.seconds is not None:
         frames, param = frames_for_seconds(req.seconds, fps, t), "seconds"
     else:  # default: about DEFAULT_SECONDS, shortened to the longest the model allows

@@ -74,16 +74,6 @@ def reference_attention() -> Iterator[None]:
         yield
 
 
-def reference_attention_on_cuda() -> None:
-    """Deprecated: flips the process-wide SDPA flags for good. Use `with reference_attention():`
-    (or `@reference_attention()`); kept until train_dit and train_distill move to it."""
-    if torch.cuda.is_available():
-        torch.backends.cuda.enable_flash_sdp(False)
-        torch.backends.cuda.enable_mem_efficient_sdp(False)
-        torch.backends.cuda.enable_cudnn_sdp(False)
-        torch.backends.cuda.enable_math_sdp(True)
-
-
 def save_checkpoint(path: Path, **state) -> None:
     """Atomically write a dict of state (models' state_dicts, optimizer, step, rng) to `path`."""
     from omnidit.files import atomic_path

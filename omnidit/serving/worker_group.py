@@ -25,6 +25,7 @@ import traceback
 import torch.multiprocessing as mp
 
 from omnidit.parallel.state import ParallelConfig
+from omnidit.request import RequestError
 from omnidit.sampling import Cancelled
 
 
@@ -72,7 +73,7 @@ def _worker_main(rank, world, port, model, config, device, dtype, inbox, outbox,
                     outbox.put(("cancelled", job_id, rank, None))
             except ValueError as e:  # argument checks: identical on every rank, before any collective
                 if rank == 0:
-                    outbox.put(("invalid", job_id, rank, str(e)))
+                    outbox.put(("invalid", job_id, getattr(e, "field", None), str(e)))
             except Exception:
                 outbox.put(("error", job_id, rank, traceback.format_exc()))
     finally:
@@ -147,10 +148,15 @@ class WorkerGroup:
                     return b
                 if kind == "cancelled":
                     raise Cancelled()
-                if kind == "invalid":
-                    raise ValueError(b)
+                if kind == "invalid":  # (field, message): the worker's RequestError, field kept as data
+                    raise RequestError(a, b) if a is not None else ValueError(b)
                 self._broken = f"worker {a} raised"
                 raise RuntimeError(f"worker {a} failed; the group is unusable:\n{b}")
+
+    @property
+    def broken(self) -> str | None:
+        """Why the group can no longer serve (a worker died, hung or raised), or None."""
+        return self._broken
 
     def cancel(self) -> None:
         """Stop the running generation at its next step (its generate call raises Cancelled)."""

@@ -1,0 +1,96 @@
+"""The request contract, once: the limits of a generation request and the checks that name the field.
+
+`Pipeline.check`, the HTTP schemas (`serving/schemas.py`) and batch lines (`batch/lines.py`)
+all validate through these functions, so the service, the CLI and batch jobs accept the same
+values. A failed check raises `RequestError`, a ValueError that carries the field as data
+(`.field`), so the HTTP layer names `param` without parsing the message.
+
+Model-dependent limits (size multiple and maximum, frame count, temporal ratio) come from the
+model folder's `PipelineConfig` and its VAE; these are the hard caps for any model.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+
+MAX_PROMPT_CHARS = 2000
+MAX_SEED = 2**31 - 1  # seeds are in [0, MAX_SEED] everywhere (HTTP, batch lines, derived seeds)
+MAX_STEPS = 1000
+MAX_GUIDANCE = 30.0
+SIZE_RE = re.compile(r"(\d{1,5})x(\d{1,5})")
+
+
+class RequestError(ValueError):
+    """A request field has a value outside what is allowed; `field` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_prompt(v, field: str = "prompt") -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise RequestError(field, f"{field} must be a non-empty string, got {v!r}")
+    if len(v) > MAX_PROMPT_CHARS:
+        raise RequestError(field, f"{field} must be at most {MAX_PROMPT_CHARS} characters, got {len(v)}")
+    return v
+
+
+def check_negative_prompt(v) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise RequestError("negative_prompt", f"negative_prompt must be a string, got {v!r}")
+    if len(v) > MAX_PROMPT_CHARS:
+        raise RequestError("negative_prompt", f"negative_prompt must be at most {MAX_PROMPT_CHARS} characters, "
+                                              f"got {len(v)}")
+    return v
+
+
+def check_seed(v) -> int:
+    if not _is_int(v) or not 0 <= v <= MAX_SEED:
+        raise RequestError("seed", f"seed must be an integer in [0, {MAX_SEED}], got {v!r}")
+    return int(v)
+
+
+def check_steps(v, top: int = MAX_STEPS) -> int:
+    """`top`: a deployment may cap steps lower (`serve --max-steps`)."""
+    if not _is_int(v) or not 1 <= v <= top:
+        raise RequestError("steps", f"steps must be an integer in [1, {top}], got {v!r}")
+    return v
+
+
+def check_guidance(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= MAX_GUIDANCE:
+        raise RequestError("guidance", f"guidance must be a number in [0, {MAX_GUIDANCE:g}], got {v!r}")
+    return float(v)
+
+
+def parse_size(v, field: str = "size") -> tuple[int, int]:
+    """`"WxH"` -> (width, height), positive integers; the model's limits are `check_dims`."""
+    m = SIZE_RE.fullmatch(v) if isinstance(v, str) else None
+    if not m or int(m[1]) < 1 or int(m[2]) < 1:
+        raise RequestError(field, f'{field} must be "WIDTHxHEIGHT" with positive integers (e.g. "512x512"), got {v!r}')
+    return int(m[1]), int(m[2])
+
+
+def check_side(field: str, v, multiple: int, top: int) -> int:
+    """A width or height: a multiple of `multiple` in [multiple, top]."""
+    if not _is_int(v) or v < multiple or v > top or v % multiple:
+        raise RequestError(field, f"{field} must be a multiple of {multiple} in [{multiple}, {top}], got {v!r}")
+    return v
+
+
+def check_frames(v, temporal_ratio: int, max_frames: int | None = None) -> int:
+    """1 or 1 + k * temporal_ratio (the causal VAE keeps the first frame, then compresses time)."""
+    t = temporal_ratio
+    top = f" up to {max_frames}" if max_frames is not None else ""
+    if not _is_int(v) or v < 1 or (v - 1) % t or (max_frames is not None and v > max_frames):
+        raise RequestError("frames", f"frames must be 1, {1 + t}, {1 + 2 * t}, ...{top} (1 mod {t}), got {v!r}")
+    return v

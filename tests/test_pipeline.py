@@ -69,7 +69,7 @@ def test_seeded_and_batch_independent(tiny):
 
 
 def test_generate_latents_then_decode_is_generate_many(tiny):
-    """Tools that swap decoders (tools/decoder_check.py) decode these latents: same frames."""
+    """`omnidit eval --decoder` decodes these latents with other VAEs: same frames."""
     prompts = ["a red circle", "a blue square on a white background"]
     latents, req, seeds = tiny.generate_latents(prompts, seeds=[3, 4], frames=5)
     assert latents.shape == (2, *tiny.vae.latent_shape(5, req.height, req.width)) and seeds == [3, 4]

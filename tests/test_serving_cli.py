@@ -7,14 +7,13 @@ import socket
 
 import pytest
 
-from omnidit.cli import UserError, _Parser
-from omnidit.cli_serve import _settings, add_serve
+from omnidit.cli import build_parser
+from omnidit.cli.common import UserError
+from omnidit.cli.serve import settings as _settings
 
 
 def _parse(argv):
-    parser = _Parser(prog="omnidit")
-    add_serve(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
-    return parser.parse_args(["serve", *argv])
+    return build_parser("serve").parse_args(["serve", *argv])
 
 
 @pytest.fixture
@@ -46,13 +45,20 @@ def test_defaults_and_flags(model, tmp_path, monkeypatch):
     (["--ring-degree", "2", "--gpus-per-replica", "1"], "0 .CPU workers, gloo. or 2"),
     (["--max-batch-size", "0"], "max_batch_size"),
     (["--job-store", "mysql://x"], "job_store"),
-    (["--port", "70000"], "--port"),
     (["--device", "cuda", "--gpus-per-replica", "0"], "gpus-per-replica"),
 ])
 def test_user_errors(model, argv, match):
     argv = argv if argv[:1] == ["--model"] else ["--model", model, *argv]
     with pytest.raises(UserError, match=match):
         _settings(_parse(argv))
+
+
+def test_bad_port_exits_2_in_one_line(model, capsys):
+    with pytest.raises(SystemExit) as e:
+        _parse(["--model", model, "--port", "70000"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == \
+        "omnidit serve: error: argument --port: --port must be in [1, 65535], got 70000"
 
 
 def test_port_in_use_is_a_user_error(model):

@@ -26,6 +26,14 @@ def eval_prompts(n: int, *, seed: int, video: bool, exclude: set[str] | frozense
     return out
 
 
+def eval_sets(n: int, videos: int, seed: int) -> list[tuple[str, list[str], int]]:
+    """`omnidit eval`'s prompt sets: ("images", `n` prompts from `seed`, 1 frame) and ("videos",
+    `videos` prompts from `seed + 1`, VIDEO_FRAMES); a set with no prompts is left out."""
+    sets = [("images", n, 1, seed), ("videos", videos, VIDEO_FRAMES, seed + 1)]
+    return [(kind, eval_prompts(count, seed=s, video=frames > 1), frames)
+            for kind, count, frames, s in sets if count > 0]
+
+
 def eval_pipeline(pipe, prompts: list[str], *, frames: int = 1, steps: int | None = None,
                   guidance: float | None = None, seed: int = 0, height: int = 64, width: int = 64,
                   batch_size: int = 8, keep_frames: bool = False) -> dict:

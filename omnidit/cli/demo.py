@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 from urllib.parse import urlparse
 
+from omnidit.cli.common import DEFAULT_HOST, DEMO_PORT, SERVICE_PORT, UserError, port_number
 
-def _port(s: str) -> int:
-    import argparse
-
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--port must be an integer, got {s!r}") from None
-    if not 1 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"--port must be in [1, 65535], got {v}")
-    return v
+HELP = "run the Gradio demo against a running `omnidit serve`"
 
 
-def add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="run the Gradio demo against a running `omnidit serve`")
-    p.add_argument("--api", default="http://127.0.0.1:8000", help="base URL of the service (default: %(default)s)")
-    p.add_argument("--host", default="127.0.0.1", help="interface the demo listens on (default: %(default)s)")
-    p.add_argument("--port", type=_port, default=7860, help="demo port (default: %(default)s)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api", default=f"http://{DEFAULT_HOST}:{SERVICE_PORT}",
+                   help="base URL of the service (default: %(default)s)")
+    p.add_argument("--host", default=DEFAULT_HOST, help="interface the demo listens on (default: %(default)s)")
+    p.add_argument("--port", type=port_number("--port"), default=DEMO_PORT, help="demo port (default: %(default)s)")
     p.add_argument("--api-key", default=os.environ.get("OMNIDIT_API_KEY"),
                    help="bearer key for the service (default: $OMNIDIT_API_KEY)")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=run)
 
 
-def cmd_demo(args) -> int:
-    from omnidit.cli import UserError
-
+def run(args: argparse.Namespace) -> int:
     url = urlparse(args.api)
     if url.scheme not in ("http", "https") or not url.netloc:
         raise UserError(f"--api must be an http:// or https:// URL, got {args.api!r}")

@@ -7,23 +7,29 @@ both on Ctrl-C, on SIGTERM (what `docker stop` and systemd send), or when either
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
 import sys
 import time
 
+from omnidit.cli.common import DEFAULT_HOST, DEMO_PORT, SERVICE_PORT, UserError, port_number
 
-def add_up(sub) -> None:
-    p = sub.add_parser("up", help="start the service and the Gradio demo together; print both URLs")
+HELP = "start the service and the Gradio demo together; print both URLs"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from omnidit.serving.settings import ServeSettings
+
     p.add_argument("--model", default=None, help="shipped model name or folder (default: the embedded model)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000, help="service port")
-    p.add_argument("--demo-port", type=int, default=7860)
-    p.add_argument("--data-dir", default="omnidit-data")
+    p.add_argument("--host", default=DEFAULT_HOST)
+    p.add_argument("--port", type=port_number("--port"), default=SERVICE_PORT, help="service port")
+    p.add_argument("--demo-port", type=port_number("--demo-port"), default=DEMO_PORT)
+    p.add_argument("--data-dir", default=ServeSettings.data_dir)
     p.add_argument("--api-key", default=None, help="require this bearer token (default: $OMNIDIT_API_KEY)")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the service")
-    p.set_defaults(func=cmd_up)
+    p.set_defaults(func=run)
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> bool:
@@ -61,12 +67,7 @@ def _raise_terminated(signum, frame) -> None:
     raise _Terminated()
 
 
-def cmd_up(args) -> int:
-    from omnidit.cli import UserError
-
-    for name, port in (("--port", args.port), ("--demo-port", args.demo_port)):
-        if not 1 <= port <= 65535:
-            raise UserError(f"{name} must be in [1, 65535], got {port}")
+def run(args: argparse.Namespace) -> int:
     if args.port == args.demo_port:
         raise UserError("--port and --demo-port must differ")
     env = dict(os.environ)

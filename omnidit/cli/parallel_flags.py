@@ -1,4 +1,4 @@
-"""Parallel flags of `omnidit generate` and the torchrun launch they need.
+"""Sequence-parallel flags of `omnidit generate` and `serve`, and the torchrun launch `generate` needs.
 
     torchrun --nproc-per-node K -m omnidit generate PROMPT ... --ulysses-degree U --ring-degree R [--cfg-parallel]
 
@@ -13,6 +13,8 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
+from omnidit.cli.common import positive_int
+
 if TYPE_CHECKING:  # torch stays unimported until a command runs: `omnidit --help` is instant
     import torch
 
@@ -24,8 +26,6 @@ def add_parallel_args(
     title: str = "multi-process (under torchrun --nproc-per-node U*R*(2 if --cfg-parallel))",
 ) -> None:
     """--ulysses-degree U, --ring-degree R, --cfg-parallel (shared by `generate` and `serve`)."""
-    from omnidit.cli import positive_int
-
     g = parser.add_argument_group(title)
     g.add_argument("--ulysses-degree", type=positive_int("--ulysses-degree"), default=1,
                    help="split the video tokens U ways with all-to-all over heads (U must divide the heads)")
@@ -82,8 +82,3 @@ def _process_device(device: torch.device | None) -> torch.device:
     torch.cuda.set_device(local)
     return torch.device("cuda", local)
 
-
-def parallelize(pipe, runtime: ParallelRuntime | None):
-    """Make a loaded Pipeline run across processes (None: back to one). Returns the pipeline."""
-    pipe.set_parallel(runtime)
-    return pipe

@@ -1,37 +1,41 @@
 """`omnidit batch PROMPTS.jsonl --out DIR`: a resumable batch generation job on Ray Data.
 
 Exit 0 when every line has its output, 1 when some lines failed or were invalid (see the
-manifest; rerunning retries the failures), 2 for bad arguments. Also runnable on its own as
-`python -m omnidit.cli_batch PROMPTS.jsonl --out DIR`.
+manifest; rerunning retries the failures), 2 for bad arguments.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
 
-from omnidit.cli import UserError, positive_int
+from omnidit.cli.common import ConfigFlags, UserError, positive_int
+
+HELP = "generate every line of a JSONL prompts file into a folder (Ray Data job)"
 
 
-def add_batch(sub) -> None:
-    p = sub.add_parser("batch", help="generate every line of a JSONL prompts file into a folder (Ray Data job)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from omnidit.batch import BatchConfig
+
+    c = ConfigFlags(p, BatchConfig)
     p.add_argument("prompts", help='JSONL, one {"id"?, "prompt", "frames"?, "size"?: "WxH", "seed"?, "steps"?, '
                                    '"guidance"?, "negative_prompt"?} per line')
     p.add_argument("--out", required=True, help="output folder: <id>.png / <id>.mp4 and manifest.jsonl")
-    p.add_argument("--model", default=None, help="shipped model name or diffusers-format folder")
-    p.add_argument("--concurrency", type=positive_int("--concurrency"), default=1,
-                   help="generator actors, each with its own copy of the model (one GPU each with --device cuda)")
-    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=4,
-                   help="prompts of the same size/frames/steps generated together (default 4)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray for this job)")
+    c.add("--model", help="shipped model name or diffusers-format folder (default: the embedded model)")
+    c.add("--concurrency", type=positive_int("--concurrency"),
+          help="generator actors, each with its own copy of the model (one GPU each with --device cuda)")
+    c.add("--batch-size", type=positive_int("--batch-size"),
+          help="prompts of the same size/frames/steps generated together")
+    c.add("--address", help="Ray cluster address (default: start a local Ray for this job)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when this machine has one)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_batch)
+    c.add("--no-progress", field="progress", help="no progress bar")
+    p.set_defaults(func=run, config_flags=c)
 
 
-def cmd_batch(args) -> int:
-    from omnidit.batch import BatchConfig, run_batch
+def run(args: argparse.Namespace) -> int:
+    from omnidit.batch import run_batch
     from omnidit.batch.manifest import MANIFEST_NAME, JobLocked
     from omnidit.batch.runner import model_identity
 
@@ -60,9 +64,7 @@ def cmd_batch(args) -> int:
         import ray.data  # noqa: F401  (Ray Data needs pyarrow besides ray itself)
     except ImportError as e:
         raise UserError(f"batch jobs need Ray Data: pip install 'ray[data]' ({e})") from None
-    cfg = BatchConfig(prompts=prompts, out=out, model=model, concurrency=args.concurrency,
-                      batch_size=args.batch_size, address=args.address, device=device,
-                      progress=not args.no_progress)
+    cfg = args.config_flags.build(args, prompts=prompts, out=out, model=model, device=device)
     try:
         summary = run_batch(cfg)
     except JobLocked as e:

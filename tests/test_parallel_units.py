@@ -101,9 +101,11 @@ def test_planner_hunyuan_video_shapes_and_volumes():
     assert w.video_tokens == 118_800 and 12e9 < w.params < 13.5e9
     assert {(c.ulysses_degree, c.ring_degree) for c in candidates(w, 8)} == {(1, 8), (2, 4), (4, 2), (8, 1)}
     r = estimate(w, ParallelConfig(ulysses_degree=8))
-    # 60 attentions x (q, k, v in + out back) x 14,850 tokens x 3072 x bf16 x 7/8, plus text rows
-    assert r.ulysses_bytes == pytest.approx(60 * (4 * 14_850 * 3072 * 2 * 7 / 8 + 7 * 256 * 3 * 128 * 2))
     assert r.ring_bytes == 0 and r.tokens_per_gpu == 14_850 + 256 and r.padding == 0
+    # Ulysses moves (U-1)/U of each rank's q, k, v and output once per attention: bounded by four local
+    # [n, D] activations per block, and above three (q, k, v must all travel).
+    local = 60 * 14_850 * 3072 * 2  # blocks x tokens per GPU x D x bf16
+    assert 3 * local * 7 / 8 < r.ulysses_bytes < 4 * local
     ring = estimate(w, ParallelConfig(ring_degree=8))
     assert ring.ring_bytes > 2 * 7 * 60 * 14_850 * 3072 * 2
     assert estimate(w, ParallelConfig(ulysses_degree=8, ring_degree=8)).padding == 48
@@ -113,6 +115,29 @@ def test_planner_hunyuan_video_shapes_and_volumes():
     assert "(chosen)" in markdown(plan(w, 8), w)
     with pytest.raises(ValueError, match="world_size=0"):
         plan(w, 0)
+
+
+def test_planner_volumes_scale_as_the_traffic_does():
+    """Properties of the estimates, not their formula: linear in blocks and batch, zero for an axis of
+    size 1, and Ulysses' per-GPU volume falls as (U - 1) / U^2 (each rank keeps 1/U of a 1/U chunk)."""
+    from dataclasses import replace
+
+    w = replace(Workload.hunyuan_video(height=256, width=256, frames=33), text_tokens=0)
+    for cfg in (ParallelConfig(ulysses_degree=4), ParallelConfig(ring_degree=4), ParallelConfig(2, 2)):
+        one = estimate(w, cfg)
+        blocks = estimate(replace(w, dual_blocks=2 * w.dual_blocks, single_blocks=2 * w.single_blocks), cfg)
+        batch = estimate(replace(w, batch=3), cfg)
+        for field in ("ulysses_bytes", "ring_bytes"):
+            assert getattr(blocks, field) == pytest.approx(2 * getattr(one, field))
+            assert getattr(batch, field) == pytest.approx(3 * getattr(one, field))
+    assert estimate(w, ParallelConfig(ring_degree=4)).ulysses_bytes == 0
+    assert estimate(w, ParallelConfig(ulysses_degree=4)).ring_bytes == 0
+    assert w.video_tokens % 8 == 0
+    per = {u: estimate(w, ParallelConfig(ulysses_degree=u)).ulysses_bytes * u * u / (u - 1) for u in (2, 4, 8)}
+    assert per[2] == pytest.approx(per[4]) == pytest.approx(per[8])
+    # Ring: every rank receives the other R - 1 ranks' K and V blocks, so its volume grows with R.
+    ring = [estimate(w, ParallelConfig(ring_degree=r)).ring_bytes for r in (2, 4, 8)]
+    assert ring[0] < ring[1] < ring[2]
 
 
 def test_cli_flags_and_launch_errors(monkeypatch):

@@ -309,17 +309,31 @@ def test_denoised_latents_are_the_dits_one_step_prediction(tmp_path):
         DenoisedLatents(str(model), scaling_factor=1.0, device=torch.device("cpu"), sigma_range=(0.0, 0.5))
 
 
-def test_vae_decoder_finetune_on_denoised_latents_keeps_encoder_and_resumes(tmp_path, capsys):
+def test_vae_decoder_finetune_on_denoised_latents_keeps_encoder_and_resumes(tmp_path, capsys, monkeypatch):
     import torch
     from diffusers import AutoencoderKLHunyuanVideo
 
+    from omnidit.training.denoised_latents import DenoisedLatents
     from omnidit.training.vae_train import VAETrainConfig, train_vae
 
+    # The decoder must train on the DiT's reconstructions: every batch's latents pass through it.
+    seen, real = [], DenoisedLatents.denoise
+
+    def spy(self, z, prompts, gen):
+        out = real(self, z, prompts, gen)
+        seen.append((tuple(z.shape), len(prompts), bool((out != z).any())))
+        return out
+
+    monkeypatch.setattr(DenoisedLatents, "denoise", spy)
     model = make_tiny_model_dir(tmp_path / "tiny")
     cfg = dict(out=str(tmp_path / "dn"), init_from=str(model / "vae"), decoder_only=True, denoiser=str(model),
                max_minutes=None, images_per_step=4, clips_per_step=1, clip_every=2, clip_frames=5, lr=3e-3,
                checkpoint_every=3, eval_n=4, size=32)
     train_vae(VAETrainConfig(max_steps=6, **cfg))
+    # 6 steps: 6 image batches [4, C, 1, h, w] and 3 clip batches (every 2nd step) [1, C, 2, h, w]
+    assert [s[:2] for s in seen if s[0][0] == 4] == [((4, 4, 1, 4, 4), 4)] * 6
+    assert [s[:2] for s in seen if s[0][0] == 1] == [((1, 4, 2, 4, 4), 1)] * 3
+    assert all(changed for *_, changed in seen)  # the DiT's prediction, not the encoder's latents
     folder = train_vae(VAETrainConfig(max_steps=9, **cfg))
     assert "resumed VAE training at step 6" in capsys.readouterr().out
     rows = [r for r in _metrics(tmp_path / "dn" / "metrics.jsonl") if "l1" in r]

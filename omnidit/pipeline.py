@@ -27,9 +27,28 @@ from omnidit.request import (
     check_steps,
 )
 from omnidit.sampling import Denoiser, NoiseSampler, Text, flow_sigmas, run_sampler, seeded_noise
+from omnidit.sampling.flow import x0_from_velocity
 
 # callback(step, total, latents) after each denoising step; may raise sampling.Cancelled.
 StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+def with_preview(model_fn, callback: StepCallback | None, preview: StepCallback):
+    """(model_fn', callback'): the model keeps its latest clean estimate x0 = x - s v, and after
+    each step `preview(step, total, x0)` runs before `callback` (any sampler, no extra forward)."""
+    last: list[torch.Tensor] = []
+
+    def fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        v = model_fn(x, sigma)
+        last[:] = [x0_from_velocity(x.float(), sigma, v)]
+        return v
+
+    def after(step: int, total: int, x: torch.Tensor) -> None:
+        preview(step, total, last[0])
+        if callback is not None:
+            callback(step, total, x)
+
+    return fn, after
 
 
 def default_device() -> torch.device:
@@ -201,9 +220,12 @@ class Pipeline:
         callback: StepCallback | None = None,
         true_cfg_scale: float | None = None,
         latents: torch.Tensor | None = None,
+        preview: StepCallback | None = None,
     ) -> tuple[torch.Tensor, _Request, list[int]]:
         """`generate_many` up to the decoder: (clean latents `[B, C, F', H', W']` fp32, the filled-in
-        request, the seeds used). `decode(latents)` then gives exactly `generate_many`'s frames."""
+        request, the seeds used). `decode(latents)` then gives exactly `generate_many`'s frames.
+        `preview(step, total, x0)` runs after each step with that step's clean estimate (latents;
+        `decode` shows it), before `callback`."""
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise RequestError("prompt", "prompt must be a non-empty string (or a non-empty list of strings)")
         prompts = [check_prompt(p) for p in prompts]
@@ -220,7 +242,8 @@ class Pipeline:
         # Re-noising samplers draw each sample's noise from its own seed: a seed gives the same
         # frames alone or in any batch (HTTP batching, batch jobs, generate_many).
         noise = seeded_noise(seeds)
-        return self.denoise(prompts, latents.to(self.device), req, callback=callback, noise_sampler=noise), req, seeds
+        return self.denoise(prompts, latents.to(self.device), req, callback=callback, noise_sampler=noise,
+                            preview=preview), req, seeds
 
     def initial_noise(self, req: _Request, seed: int) -> torch.Tensor:
         """`[1, C, F', H', W']` fp32 noise from a CPU generator: identical on every device."""
@@ -230,7 +253,8 @@ class Pipeline:
 
     @torch.no_grad()
     def denoise(self, prompts: list[str], latents: torch.Tensor, req: _Request, *,
-                callback: StepCallback | None = None, noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+                callback: StepCallback | None = None, noise_sampler: NoiseSampler | None = None,
+                preview: StepCallback | None = None) -> torch.Tensor:
         """Integrate the flow ODE from noise to clean latents `[B, C, F', H', W']` (fp32).
         `noise_sampler` feeds re-noising samplers; `generate_latents` passes `seeded_noise(seeds)`."""
         dev = self.device
@@ -241,7 +265,10 @@ class Pipeline:
         denoiser = Denoiser.for_mode(self._dit_forward, self.config.guidance_mode, cond, uncond, req.guidance,
                                      true_cfg=req.cfg_scale, dtype=self.dtype)
         sigmas = flow_sigmas(req.steps, self.config.shift).to(dev)
-        return run_sampler(self.config.sampler, denoiser, latents.float(), sigmas, callback=callback,
+        model_fn = denoiser
+        if preview is not None:
+            model_fn, callback = with_preview(denoiser, callback, preview)
+        return run_sampler(self.config.sampler, model_fn, latents.float(), sigmas, callback=callback,
                            noise_sampler=noise_sampler)
 
     def encode_text(self, prompts: list[str]) -> Text:

@@ -133,7 +133,17 @@ BAD = [
     ("POST", IMG, {"prompt": "x", "guidance": 31}, 422, "guidance"),
     ("POST", IMG, {"prompt": "x", "seed": -1}, 422, "seed"),
     ("POST", IMG, {"prompt": "x", "response_format": "jpeg"}, 422, "response_format"),
-    ("POST", IMG, {"prompt": "x", "quality": "hd"}, 422, "quality"),
+    ("POST", IMG, {"prompt": "x", "quality": "ultra"}, 422, "quality"),
+    ("POST", IMG, {"prompt": "x", "output_format": "gif"}, 422, "output_format"),
+    ("POST", IMG, {"prompt": "x", "output_format": "bmp"}, 422, "output_format"),
+    ("POST", IMG, {"prompt": "x", "output_compression": 101}, 422, "output_compression"),
+    ("POST", IMG, {"prompt": "x", "background": "transparent"}, 422, "background"),
+    ("POST", IMG, {"prompt": "x", "frame_count": 4}, 422, "frame_count"),
+    ("POST", IMG, {"prompt": "x", "svg": {}}, 422, "svg"),
+    ("POST", IMG, {"prompt": "x", "stream": True, "n": 2}, 422, "n"),
+    ("POST", IMG, {"prompt": "x", "stream": True, "partial_images": 4}, 422, "partial_images"),
+    ("POST", IMG, {"prompt": "x", "size": "1024x1024"}, 422, "size"),
+    ("POST", IMG, {"prompt": "x", "unknown": 1}, 422, "unknown"),
     ("POST", IMG, {"prompt": "x", "model": "dall-e-3"}, 404, "model"),
     ("POST", IMG, (b"{not json", "application/json"), 400, None),
     ("POST", IMG, (b"[1, 2]", "application/json"), 400, None),
@@ -147,6 +157,14 @@ BAD = [
     ("POST", VID, {"prompt": "x", "frames": 5, "seconds": 1}, 422, "seconds"),
     ("POST", VID, {"prompt": "x", "fps": 0}, 422, "fps"),
     ("POST", VID, {"prompt": "x", "size": "64x80"}, 422, "size"),
+    ("POST", VID, {"prompt": "x", "size": "720x1280"}, 422, "size"),  # the official client's default
+    ("POST", VID, {"prompt": "x", "seconds": "four"}, 422, "seconds"),
+    ("POST", VID, {"prompt": "x", "seconds": "12"}, 422, "seconds"),
+    ("POST", VID, {"prompt": "x", "input_reference": {"image_url": "https://x/y.png"}}, 422, "input_reference"),
+    ("POST", VID, (b"prompt=x&frames=6", "application/x-www-form-urlencoded"), 422, "frames"),
+    ("POST", VID, (b'{"prompt": "x"}', "text/plain"), 415, None),
+    ("GET", VID + "/video_" + "0" * 32 + "/content?variant=spritesheet", None, 422, "variant"),
+    ("POST", VID + "/video_" + "0" * 32 + "/cancel", None, 404, "video_id"),
     ("GET", VID + "?limit=0", None, 422, "limit"),
     ("GET", VID + "?order=sideways", None, 422, "order"),
     ("GET", VID + "?after=..%2Fjobs.db", None, 422, "after"),
@@ -245,13 +263,35 @@ def test_cancel_running_job_frees_the_worker(env):
     assert running["status"] == "in_progress"
     r = client.get(f"/v1/videos/{job['id']}/content", headers=AUTH)
     assert r.status_code == 409 and r.json()["error"]["code"] == "not_ready"
-    cancelled = client.delete(f"/v1/videos/{job['id']}", headers=AUTH).json()
+    cancelled = client.post(f"/v1/videos/{job['id']}/cancel", headers=AUTH).json()
     assert cancelled["status"] == "cancelled" and cancelled["progress"] < 100
     t0 = time.monotonic()
     while engine.runner.current is not None:  # stops within one step (~0.2 s here), not after 500
         assert time.monotonic() - t0 < 5, "the worker did not stop"
         time.sleep(0.02)
-    assert client.get(f"/v1/videos/{job['id']}", headers=AUTH).json()["status"] == "cancelled"
+    # Cancel keeps the record (reachable, cancelled, no poll hint); DELETE removes it: 404 afterwards.
+    kept = client.get(f"/v1/videos/{job['id']}", headers=AUTH)
+    assert kept.json()["status"] == "cancelled" and "openai-poll-after-ms" not in kept.headers
+    assert client.post(f"/v1/videos/{job['id']}/cancel", headers=AUTH).json()["status"] == "cancelled"
+    assert client.delete(f"/v1/videos/{job['id']}", headers=AUTH).json() == {
+        "id": job["id"], "object": "video.deleted", "deleted": True}
+    assert client.get(f"/v1/videos/{job['id']}", headers=AUTH).status_code == 404
+    assert client.delete(f"/v1/videos/{job['id']}", headers=AUTH).status_code == 404
+
+
+def test_delete_running_job_stops_it_and_is_404_after(env):
+    client, _, engine = env
+    job = client.post(VID, json={"prompt": "slow", "frames": 5, "steps": 500}, headers=AUTH).json()
+    _wait(client, job["id"], statuses=("in_progress",))
+    r = client.delete(f"/v1/videos/{job['id']}", headers=AUTH)
+    assert r.status_code == 200 and r.json() == {"id": job["id"], "object": "video.deleted", "deleted": True}
+    t0 = time.monotonic()
+    while engine.runner.current is not None:  # its next heartbeat finds no row
+        assert time.monotonic() - t0 < 5, "the worker did not stop"
+        time.sleep(0.02)
+    assert client.get(f"/v1/videos/{job['id']}", headers=AUTH).status_code == 404
+    r = client.post(f"/v1/videos/{job['id']}/cancel", headers=AUTH)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "video_id"
 
 
 def test_models_metrics_docs(env):

@@ -41,6 +41,18 @@ class RayGeneratorClient:
             raise ApiError(503, "the generator replica stopped while serving this request; retry",
                            code="generator_unavailable", headers={"Retry-After": "10"}) from None
 
+    async def stream_images(self, payload: dict):
+        try:
+            async for event in self.handle.options(stream=True).stream_images.remote(payload):
+                yield event
+        except BackPressureError:
+            yield {"type": "error", "error": {"status": 429, "message": "the generator queue is full; retry later",
+                                              "param": None}}
+        except Exception as e:
+            log.warning("image stream failed in the generator: %s", type(e).__name__)
+            yield {"type": "error", "error": {"status": 503, "param": None, "message": (
+                "the generator replica stopped while serving this request; retry")}}
+
     async def info(self) -> dict:
         return await self.handle.info.remote()
 

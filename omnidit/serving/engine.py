@@ -13,13 +13,20 @@ of going ahead between its steps.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import random
+import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 from omnidit.request import MAX_SEED, RequestError
+from omnidit.sampling import Cancelled
 from omnidit.serving.files import OutputDir
 from omnidit.serving.jobs import Job, open_store
 from omnidit.serving.runner import DeviceGate, JobRunner
@@ -86,7 +93,8 @@ def run_image_batch(pipe, payloads: list[dict], *, max_images: int = 16) -> list
                     results[i]["denoise_s"] += denoise
                     results[i]["batch"] = max(results[i]["batch"], len(chunk))
                 for (i, _, seed), g in zip(chunk, gens):
-                    results[i]["images"].append(g.to_bytes("png"))
+                    results[i]["images"].append(encode_image(g.frames[0], payloads[i].get("output_format", "png"),
+                                                             payloads[i].get("output_compression")))
                     results[i]["seeds"].append(seed)
         except ValueError as e:  # a RequestError names its field; another ValueError names none
             param = request_error(e).param if isinstance(e, RequestError) else None
@@ -99,6 +107,81 @@ def run_image_batch(pipe, payloads: list[dict], *, max_images: int = 16) -> list
                 results[i] = {"error": {"status": 500, "message": f"generation failed: {type(e).__name__}",
                                         "param": None}}
     return results  # type: ignore[return-value]
+
+
+def encode_image(frame: np.ndarray, fmt: str = "png", compression: int | None = None) -> bytes:
+    """uint8 `[H, W, 3]` -> png, jpeg or webp bytes; `compression` (0-100) is jpeg/webp quality (default 90)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    quality = {} if fmt == "png" else {"quality": 90 if compression is None else int(compression)}
+    Image.fromarray(frame).save(buf, format=fmt.upper(), **quality)
+    return buf.getvalue()
+
+
+def preview_steps(total: int, n: int) -> list[int]:
+    """`n` evenly spaced steps in [1, total - 1] at which to preview (fewer when there are fewer steps)."""
+    n = max(0, min(n, total - 1))
+    return [round(total * (k + 1) / (n + 1)) for k in range(n)]
+
+
+def run_image_stream(pipe, p: dict, emit: Callable[[dict], None], stopped: threading.Event | None = None) -> None:
+    """One image (resolved payload, n=1), emitting `{"type": "partial", "index", "step", "seed", "image"}` for
+    `p["partial_images"]` previews of the clean estimate x0 at evenly spaced steps, then
+    `{"type": "completed", "image", "seed", "steps", "denoise_s"}`, or `{"type": "error", "error"}`.
+    `stopped` set (the client went away) ends the generation at the next step."""
+    seed = _seeds(dict(p, n=1))[0]
+    wanted = set(preview_steps(p["steps"], p.get("partial_images", 0)))
+    fmt, compression = p.get("output_format", "png"), p.get("output_compression")
+    t0, marks, index = time.perf_counter(), [], [0]
+
+    def preview(step: int, total: int, x0) -> None:
+        marks.append(time.perf_counter())
+        if stopped is not None and stopped.is_set():
+            raise Cancelled()
+        if step in wanted:
+            frame = pipe.decode(x0)[0][0]
+            emit({"type": "partial", "index": index[0], "step": step, "seed": seed,
+                  "image": encode_image(frame, fmt, compression)})
+            index[0] += 1
+
+    try:
+        g = pipe.generate_many([p["prompt"]], seeds=[seed], frames=1, height=p["height"], width=p["width"],
+                               steps=p["steps"], guidance=p["guidance"], negative_prompt=p.get("negative_prompt"),
+                               preview=preview)[0]
+        emit({"type": "completed", "image": encode_image(g.frames[0], fmt, compression), "seed": seed,
+              "steps": p["steps"], "denoise_s": _denoise_seconds(t0, marks)})
+    except Cancelled:
+        log.info("image stream stopped: the client went away")
+    except ValueError as e:
+        param = request_error(e).param if isinstance(e, RequestError) else None
+        emit({"type": "error", "error": {"status": 422, "message": str(e), "param": param}})
+    except Exception as e:
+        log.exception("image stream failed")
+        emit({"type": "error", "error": {"status": 500, "message": f"generation failed: {type(e).__name__}",
+                                         "param": None}})
+
+
+async def events_from_thread(work: Callable[[Callable[[dict], None], threading.Event], None]) -> AsyncIterator[dict]:
+    """Run `work(emit, stopped)` in a worker thread and yield what it emits; closing the iterator
+    early (the client hung up) sets `stopped`."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    done, stopped = object(), threading.Event()
+
+    def run() -> None:
+        try:
+            work(lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev), stopped)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+
+    future = loop.run_in_executor(None, run)
+    try:
+        while (ev := await queue.get()) is not done:
+            yield ev
+        await future
+    finally:
+        stopped.set()  # a no-op after a normal end; else the thread stops at its next step
 
 
 def model_info(model: str | None) -> ModelInfo:
@@ -163,6 +246,14 @@ class GeneratorEngine:
     def run_images(self, payloads: list[dict]) -> list[dict]:
         with self.gate.image():
             return run_image_batch(self.pipe, payloads, max_images=self.settings.max_batch_images)
+
+    def run_image_stream(self, payload: dict, emit, stopped: threading.Event | None = None) -> None:
+        if self.parallel:  # the workers run ahead of the callbacks: no previews to take between steps
+            emit({"type": "error", "error": {"status": 422, "param": "stream", "message": (
+                "stream: previews need a single-process replica; this one is a parallel worker group")}})
+            return
+        with self.gate.image():
+            run_image_stream(self.pipe, payload, emit, stopped)
 
     def run_video(self, job: Job, callback):
         p = job.params

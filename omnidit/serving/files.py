@@ -35,8 +35,12 @@ def is_image_id(s: str) -> bool:
     return bool(IMAGE_ID.match(s))
 
 
+IMAGE_SUFFIXES = {".png": "image/png", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+
+
 class OutputDir:
-    """`<data>/videos/<job id>.mp4` and `<data>/images/<image id>.png`."""
+    """`<data>/videos/<job id>.mp4` (+ `<job id>.thumb.webp`, its first frame) and
+    `<data>/images/<image id>.<png|jpeg|webp>`."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
@@ -50,18 +54,42 @@ class OutputDir:
             raise ValueError(f"not a video job id: {job_id!r}")
         return self.videos / f"{job_id}.mp4"
 
-    def image_path(self, image_id: str) -> Path:
+    def thumbnail_path(self, job_id: str) -> Path:
+        return self.video_path(job_id).with_suffix(".thumb.webp")
+
+    def save_thumbnail(self, job_id: str, frame) -> None:
+        """A video's first frame (uint8 `[H, W, 3]`) as webp, OpenAI's `variant=thumbnail`."""
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="WEBP", quality=90)
+        write_atomic(self.thumbnail_path(job_id), buf.getvalue())
+
+    def image_path(self, image_id: str, fmt: str = "png") -> Path:
         if not is_image_id(image_id):
             raise ValueError(f"not an image id: {image_id!r}")
-        return self.images / f"{image_id}.png"
+        if "." + fmt not in IMAGE_SUFFIXES:
+            raise ValueError(f"not an image format: {fmt!r}")
+        return self.images / f"{image_id}.{fmt}"
 
-    def save_image(self, png: bytes) -> str:
+    def find_image(self, image_id: str) -> tuple[Path, str] | None:
+        """(path, media type) of a saved image in whichever format it was made, or None."""
+        for suffix, media in IMAGE_SUFFIXES.items():
+            path = self.image_path(image_id, suffix[1:])
+            if path.is_file():
+                return path, media
+        return None
+
+    def save_image(self, data: bytes, fmt: str = "png") -> str:
         image_id = new_image_id()
-        write_atomic(self.image_path(image_id), png)
+        write_atomic(self.image_path(image_id, fmt), data)
         return image_id
 
     def remove_video(self, job_id: str) -> None:
         self.video_path(job_id).unlink(missing_ok=True)
+        self.thumbnail_path(job_id).unlink(missing_ok=True)
 
     def sweep_images(self, older_than_s: float, now: float | None = None) -> int:
         """Delete images (and stale temp files) older than the retention period."""

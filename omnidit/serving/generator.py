@@ -23,7 +23,7 @@ import logging
 
 from ray import serve
 
-from omnidit.serving.engine import GeneratorEngine
+from omnidit.serving.engine import GeneratorEngine, events_from_thread
 from omnidit.serving.settings import ServeSettings, configure_logging
 
 log = logging.getLogger("omnidit.serving")
@@ -46,6 +46,13 @@ class Generator:
     async def batched_images(self, payloads: list[dict]) -> list[dict]:
         # Off the event loop: the loop keeps filling the next batch and answering health checks.
         return await asyncio.to_thread(self.engine.run_images, payloads)
+
+    async def stream_images(self, payload: dict):
+        """`stream: true`: previews, then the image, as engine.run_image_stream emits them (no batching:
+        each step's preview belongs to this one request)."""
+        async for event in events_from_thread(lambda emit, stopped: self.engine.run_image_stream(payload, emit,
+                                                                                                   stopped)):
+            yield event
 
     def info(self) -> dict:
         return self.engine.info.to_dict()

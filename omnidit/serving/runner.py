@@ -162,10 +162,11 @@ class JobRunner:
             gen = self.generate(job, callback)
             path = self.outputs.video_path(job.id)
             gen.save(path)  # atomic: temp file + rename
+            self.outputs.save_thumbnail(job.id, gen.frames[0])
             if self.store.complete(job.id, self.owner, path.name):
                 log.info("job %s completed in %.1fs", job.id, time.monotonic() - t0)
             else:  # cancelled or deleted while decoding/writing
-                path.unlink(missing_ok=True)
+                self.outputs.remove_video(job.id)
                 log.info("job %s finished but is no longer ours; output discarded", job.id)
         except Cancelled:
             if lost.is_set():

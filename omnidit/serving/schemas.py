@@ -30,6 +30,8 @@ from omnidit.request import (  # the request contract's limits, shared with Pipe
 from omnidit.request import parse_size as parse_size_text
 
 MAX_N = 8
+IMAGE_FORMATS = ("png", "jpeg", "webp")  # output_format values honoured; media types in MEDIA_TYPES
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MAX_SECONDS = 600.0
 DEFAULT_SECONDS = 2.0
 
@@ -92,7 +94,25 @@ class ImageRequest(_Body):
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     response_format: Literal["b64_json", "url"] = "b64_json"
     model: str | None = Field(None, description="must name the served model when given")
+    # OpenAI's images fields (README "Using the OpenAI Python client" has the honoured/ignored/refused table).
+    output_format: Literal["png", "jpeg", "webp", "gif", "svg"] = Field(
+        "png", description="png, jpeg or webp (gif and svg are refused with 422)")
+    output_compression: int | None = Field(None, ge=0, le=100,
+                                           description="jpeg/webp quality 0-100 (default 90); ignored for png")
+    stream: bool = Field(False, description="answer Server-Sent Events: partial_images previews, then the image")
+    partial_images: int | None = Field(None, ge=0, le=3, description="previews streamed before the image (stream)")
+    background: Literal["transparent", "opaque", "auto"] | None = Field(
+        None, description="opaque or auto; transparent is refused with 422")
+    quality: Literal["low", "medium", "high", "xhigh", "max", "auto", "standard", "hd"] | None = Field(
+        None, description="accepted and ignored (use steps)")
+    moderation: Literal["low", "auto"] | None = Field(None, description="accepted and ignored")
+    style: Literal["vivid", "natural"] | None = Field(None, description="accepted and ignored")
+    complexity: Literal["low", "medium", "high"] | None = Field(None, description="accepted and ignored")
+    frame_count: int | None = Field(None, description="animated images are refused with 422: use /v1/videos")
+    frame_duration_ms: int | None = Field(None, description="animated images are refused with 422: use /v1/videos")
+    svg: dict | None = Field(None, description="refused with 422")
     user: str | None = Field(None, max_length=256, description="accepted for OpenAI compatibility; unused")
+    safety_identifier: str | None = Field(None, max_length=256, description="accepted and ignored")
 
 
 class VideoRequest(_Body):
@@ -101,7 +121,8 @@ class VideoRequest(_Body):
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     size: str | None = Field(None, examples=["32x32"])
     frames: int | None = Field(None, ge=1, le=4096, description="1 mod 4 (5, 9, 17, ...)")
-    seconds: float | None = Field(None, gt=0.0, le=MAX_SECONDS, description="converted to the nearest valid frames")
+    seconds: float | str | None = Field(None, description="a number or a numeric string (OpenAI sends \"4\"), "
+                                                      f"in (0, {MAX_SECONDS:g}]; converted to the nearest valid frames")
     fps: int | None = Field(None, ge=1, le=120, description="default: the model's fps")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     steps: int | None = Field(None, ge=1, le=MAX_STEPS)
@@ -109,6 +130,20 @@ class VideoRequest(_Body):
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     model: str | None = None
     user: str | None = Field(None, max_length=256)
+    input_reference: str | dict | None = Field(
+        None, description="image-to-video is not served yet: any value is refused with 422 naming this field")
+
+    @field_validator("seconds")
+    @classmethod
+    def _seconds(cls, v):
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                raise ValueError(f'must be a number of seconds such as "4", got {v!r}') from None
+        if v is not None and not (0 < v <= MAX_SECONDS):  # also rejects nan
+            raise ValueError(f"must be in (0, {MAX_SECONDS:g}] seconds, got {v!r}")
+        return v
 
 
 def check_model(requested: str | None, info: ModelInfo) -> None:
@@ -119,14 +154,16 @@ def check_model(requested: str | None, info: ModelInfo) -> None:
 
 def parse_size(size: str | None, info: ModelInfo) -> tuple[int, int]:
     """`"WxH"` -> (width, height), checked against the model; None -> the model's default size."""
-    if size is None:
+    if size is None or size == "auto":
         return info.width, info.height
     try:
         w, h = parse_size_text(size)
         check_side("width", w, info.size_multiple, info.max_width)
         check_side("height", h, info.size_multiple, info.max_height)
     except RequestError as e:
-        raise ApiError(422, f"size {size!r}: {e}", param="size", code="invalid_value") from None
+        raise ApiError(422, f"size {size!r}: {e} (allowed: \"auto\" = {info.width}x{info.height}, or WIDTHxHEIGHT "
+                            f"with sides multiples of {info.size_multiple} up to {info.max_width}x{info.max_height})",
+                       param="size", code="invalid_value") from None
     return w, h
 
 
@@ -156,16 +193,40 @@ def resolve_image(req: ImageRequest, info: ModelInfo, *, max_images: int, max_st
     if req.n > max_images:
         raise ApiError(422, f"n must be in [1, {max_images}] on this service, got {req.n}", param="n",
                        code="invalid_value")
+    _refuse_image_fields(req)
     width, height = parse_size(req.size, info)
     return {"prompt": req.prompt, "n": req.n, "width": width, "height": height,
             "steps": _steps(req.steps, info, max_steps),
             "guidance": info.guidance if req.guidance is None else req.guidance,
-            "negative_prompt": req.negative_prompt, "seed": req.seed}
+            "negative_prompt": req.negative_prompt, "seed": req.seed,
+            "output_format": req.output_format, "output_compression": req.output_compression,
+            "partial_images": (1 if req.partial_images is None else req.partial_images) if req.stream else 0}
+
+
+def _refuse(param: str, message: str) -> ApiError:
+    return ApiError(422, f"{param}: {message}", param=param, code="unsupported_value")
+
+
+def _refuse_image_fields(req: ImageRequest) -> None:
+    """The OpenAI fields this service accepts but cannot honour: a 422 naming the field."""
+    if req.output_format not in IMAGE_FORMATS:
+        raise _refuse("output_format", f"must be one of {', '.join(IMAGE_FORMATS)}, got {req.output_format!r}")
+    if req.background == "transparent":
+        raise _refuse("background", "the model draws opaque images; use opaque or auto")
+    for field in ("frame_count", "frame_duration_ms"):
+        if getattr(req, field) is not None:
+            raise _refuse(field, "animated images are not generated here; create a video with POST /v1/videos")
+    if req.svg is not None:
+        raise _refuse("svg", "SVG authoring is not supported; output_format must be png, jpeg or webp")
+    if req.stream and req.n != 1:
+        raise _refuse("n", f"stream=true generates one image (n=1), got n={req.n}")
 
 
 def resolve_video(req: VideoRequest, info: ModelInfo, *, max_steps: int) -> dict:
     """The job parameters of a video request; the seed is fixed now so a retried job gives the same video."""
     check_model(req.model, info)
+    if req.input_reference is not None:
+        raise _refuse("input_reference", "image-to-video is not served yet; send a prompt alone")
     width, height = parse_size(req.size, info)
     fps = info.fps if req.fps is None else req.fps
     t = info.temporal_ratio
@@ -196,7 +257,7 @@ def resolve_video(req: VideoRequest, info: ModelInfo, *, max_steps: int) -> dict
 # -- response shapes (for the OpenAPI docs; routes return plain dicts of these shapes) --------------
 
 class ImageData(BaseModel):
-    b64_json: str | None = Field(None, description="PNG, base64 (response_format=b64_json)")
+    b64_json: str | None = Field(None, description="the image in output_format, base64 (response_format=b64_json)")
     url: str | None = Field(None, description="GET it with the same bearer token (response_format=url)")
     seed: int
 
@@ -204,6 +265,27 @@ class ImageData(BaseModel):
 class ImagesResponse(BaseModel):
     created: int
     data: list[ImageData]
+    size: str = Field(description="WIDTHxHEIGHT of every image")
+    output_format: Literal["png", "jpeg", "webp"]
+    background: Literal["opaque"] = "opaque"
+    quality: None = Field(None, description="always null: quality is accepted and ignored")
+
+
+class ImageStreamEvent(BaseModel):
+    """One Server-Sent Event of `stream: true` (`event: <type>` then `data: <this object>`): `partial_images`
+    previews of the denoiser's clean-image estimate at evenly spaced steps, then the image."""
+
+    type: Literal["image_generation.partial_image", "image_generation.completed"]
+    b64_json: str
+    created_at: int
+    size: str
+    output_format: Literal["png", "jpeg", "webp"]
+    background: Literal["opaque"] = "opaque"
+    quality: Literal["auto"] = "auto"
+    partial_image_index: int | None = Field(None, description="0, 1, ... (partial_image events only)")
+    step: int = Field(description="denoising steps done when this image was decoded")
+    seed: int
+    usage: dict | None = Field(None, description="token counts, all 0 (completed event only)")
 
 
 class VideoJob(BaseModel):

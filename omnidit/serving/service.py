@@ -15,6 +15,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
@@ -30,6 +31,7 @@ log = logging.getLogger("omnidit.serving")
 
 class GeneratorClient(Protocol):
     async def images(self, payload: dict) -> dict: ...
+    def stream_images(self, payload: dict) -> AsyncIterator[dict]: ...  # engine.run_image_stream's events
     async def info(self) -> dict: ...
     async def health(self) -> dict: ...
 
@@ -43,11 +45,22 @@ class LocalGeneratorClient:
     async def images(self, payload: dict) -> dict:
         return (await asyncio.to_thread(self.engine.run_images, [payload]))[0]
 
+    async def stream_images(self, payload: dict) -> AsyncIterator[dict]:
+        from omnidit.serving.engine import events_from_thread
+
+        async for event in events_from_thread(lambda emit, stopped: self.engine.run_image_stream(payload, emit,
+                                                                                                   stopped)):
+            yield event
+
     async def info(self) -> dict:
         return self.engine.info.to_dict()
 
     async def health(self) -> dict:
         return self.engine.health()
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
 def _not_found(job_id: str) -> ApiError:
@@ -87,14 +100,17 @@ class Service:
         return f" prompt={prompt!r}" if self.settings.log_prompts else ""
 
     # -- images -------------------------------------------------------------------------------
-    async def generate_images(self, req: ImageRequest, base_url: str) -> dict:
-        info = await self.model_info()
-        payload = resolve_image(req, info, max_images=self.settings.max_images, max_steps=self.settings.max_steps)
+    def _admit_image(self) -> None:
         if self._pending_images >= self.settings.max_pending_images:
             self.metrics.inc("omnidit_rejected_total", reason="image_queue_full")
             raise ApiError(429, f"{self._pending_images} image requests are already in flight; retry later",
                            code="queue_full", headers={"Retry-After": str(self._retry_after())})
         self._pending_images += 1  # no await between the check and this: the event loop makes it atomic
+
+    async def generate_images(self, req: ImageRequest, base_url: str) -> dict:
+        info = await self.model_info()
+        payload = resolve_image(req, info, max_images=self.settings.max_images, max_steps=self.settings.max_steps)
+        self._admit_image()
         t0 = time.perf_counter()
         try:
             result = await self.generator.images(payload)
@@ -112,25 +128,66 @@ class Service:
         log.info("images n=%d %dx%d steps=%d batch=%d in %.2fs%s", req.n, payload["width"], payload["height"],
                  payload["steps"], result["batch"], elapsed, self._prompt(req.prompt))
         data = []
-        for png, seed in zip(result["images"], result["seeds"]):
+        for image, seed in zip(result["images"], result["seeds"]):
             if req.response_format == "url":
-                image_id = await asyncio.to_thread(self.outputs.save_image, png)
+                image_id = await asyncio.to_thread(self.outputs.save_image, image, req.output_format)
                 data.append({"url": f"{base_url.rstrip('/')}/v1/images/files/{image_id}", "seed": seed})
             else:
-                data.append({"b64_json": base64.b64encode(png).decode("ascii"), "seed": seed})
-        return {"created": int(time.time()), "data": data}
+                data.append({"b64_json": base64.b64encode(image).decode("ascii"), "seed": seed})
+        return {"created": int(time.time()), "data": data, "size": f"{payload['width']}x{payload['height']}",
+                "output_format": req.output_format, "background": "opaque", "quality": None}
+
+    async def stream_images(self, req: ImageRequest) -> AsyncIterator[str]:
+        """`stream: true`: checks and admission now (errors are plain JSON 4xx), then an async iterator of
+        Server-Sent Events: `image_generation.partial_image` x partial_images, `image_generation.completed`
+        (or one `error` event with the JSON error body)."""
+        info = await self.model_info()
+        payload = resolve_image(req, info, max_images=self.settings.max_images, max_steps=self.settings.max_steps)
+        self._admit_image()
+        return self._image_events(req, payload)
+
+    async def _image_events(self, req: ImageRequest, payload: dict) -> AsyncIterator[str]:
+        common = {"size": f"{payload['width']}x{payload['height']}", "output_format": req.output_format,
+                  "background": "opaque", "quality": "auto"}
+        t0 = time.perf_counter()
+        try:
+            async for ev in self.generator.stream_images(payload):
+                b64 = base64.b64encode(ev["image"]).decode("ascii") if "image" in ev else None
+                if ev["type"] == "partial":
+                    yield _sse("image_generation.partial_image", {
+                        "type": "image_generation.partial_image", "b64_json": b64, "created_at": int(time.time()),
+                        "partial_image_index": ev["index"], "step": ev["step"], "seed": ev["seed"], **common})
+                elif ev["type"] == "completed":
+                    self.metrics.inc("omnidit_images_generated_total", 1)
+                    self.metrics.observe("omnidit_step_seconds", ev["denoise_s"], count=ev["steps"], kind="image")
+                    log.info("image stream %s steps=%d in %.2fs%s", common["size"], ev["steps"],
+                             time.perf_counter() - t0, self._prompt(req.prompt))
+                    yield _sse("image_generation.completed", {
+                        "type": "image_generation.completed", "b64_json": b64, "created_at": int(time.time()),
+                        "step": ev["steps"], "seed": ev["seed"], **common, "usage": {
+                            "input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
+                            "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}}})
+                else:
+                    e = ev["error"]
+                    yield _sse("error", {"type": "error", "error": {
+                        "message": e["message"], "type": "invalid_request_error" if e["status"] < 500 else
+                        "server_error", "param": e.get("param"),
+                        "code": "invalid_value" if e["status"] < 500 else "generation_failed"}})
+        finally:
+            self._pending_images -= 1
 
     def _retry_after(self) -> int:
         wait = self._image_s * self._pending_images / max(1, self.settings.replicas * self.settings.max_batch_size)
         return int(min(60, max(1, math.ceil(wait))))
 
-    def image_file(self, image_id: str) -> Path:
+    def image_file(self, image_id: str) -> tuple[Path, str]:
+        """(path, media type) of an image returned with response_format=url."""
         if not is_image_id(image_id):
             raise ApiError(404, f"no image {image_id!r}", param="image_id", code="not_found")
-        path = self.outputs.image_path(image_id)
-        if not path.is_file():
+        found = self.outputs.find_image(image_id)
+        if found is None:
             raise ApiError(404, f"no image {image_id!r} (it may have expired)", param="image_id", code="not_found")
-        return path
+        return found
 
     # -- video jobs ---------------------------------------------------------------------------
     async def create_video(self, req: VideoRequest, idempotency_key: str | None) -> tuple[dict, bool]:
@@ -178,27 +235,38 @@ class Service:
         return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None, "has_more": more}
 
-    async def video_file(self, job_id: str) -> Path:
+    async def video_file(self, job_id: str, variant: str = "video") -> tuple[Path, str]:
+        """(path, media type) of a completed job's `video` (mp4) or `thumbnail` (webp, the first frame)."""
         job = await self._job(job_id)
         if job.status != "completed":
             raise ApiError(409, f"video job {job_id} is {job.status}; its content exists once it is completed",
                            param="video_id", code="not_ready")
-        path = self.outputs.video_path(job.id)
+        path, media = ((self.outputs.video_path(job.id), "video/mp4") if variant == "video"
+                       else (self.outputs.thumbnail_path(job.id), "image/webp"))
         if not path.is_file():
-            raise ApiError(404, f"the output of video job {job_id} is gone", param="video_id", code="not_found")
-        return path
+            raise ApiError(404, f"the {variant} of video job {job_id} is gone", param="video_id", code="not_found")
+        return path, media
 
-    async def delete_video(self, job_id: str) -> dict:
-        """Queued/running: cancel (the replica stops within one step). Finished: delete record and file."""
+    async def cancel_video(self, job_id: str) -> dict:
+        """Queued/running -> cancelled (the replica stops within one step); the record stays, reachable
+        until it expires or is deleted. Cancelling a cancelled job returns it; a finished one is 409."""
         job = await self._job(job_id)
-        model = (await self.model_info()).id
-        if not job.terminal:
+        if job.status in ("completed", "failed"):
+            raise ApiError(409, f"video job {job_id} is already {job.status}; DELETE removes it",
+                           param="video_id", code="not_cancellable")
+        if job.status != "cancelled":
             job = await asyncio.to_thread(self.store.cancel, job_id)
             if job is None:
                 raise _not_found(job_id)
             log.info("job %s cancelled", job_id)
-            return job.to_api(model)
-        await asyncio.to_thread(self.store.delete, job_id)
+        return job.to_api((await self.model_info()).id)
+
+    async def delete_video(self, job_id: str) -> dict:
+        """Any status: the record and its files are gone (404 afterwards); a running job stops within one
+        step, as its worker's next heartbeat finds no row."""
+        await self._job(job_id)
+        if await asyncio.to_thread(self.store.delete, job_id) is None:
+            raise _not_found(job_id)
         await asyncio.to_thread(self.outputs.remove_video, job_id)
         log.info("job %s deleted", job_id)
         return {"id": job_id, "object": "video.deleted", "deleted": True}
@@ -235,7 +303,7 @@ class Service:
         orphans = 0
         for p in self.outputs.videos.glob("video_*.mp4"):
             if p.stat().st_mtime < now - self.settings.retention_s and self.store.get(p.stem) is None:
-                p.unlink(missing_ok=True)
+                self.outputs.remove_video(p.stem)
                 orphans += 1
         images = self.outputs.sweep_images(self.settings.retention_s, now)
         if expired or orphans or images or any(reaped.values()):

@@ -162,14 +162,21 @@ def make_app(*, api_key: str | None = None, job_seconds: float = 1.0) -> FastAPI
             return _err(409, f"video job {jid!r} is {job['status']}, not completed", "invalid_request_error")
         return Response(_mp4(int(job["frames"] or 9), *job["_wh"]), media_type="video/mp4")
 
-    @app.delete("/v1/videos/{jid}")
-    def delete(jid: str):
+    @app.post("/v1/videos/{jid}/cancel")
+    def cancel(jid: str):
         job = app.state.jobs.get(jid)
         if not job:
             return _err(404, f"no video job {jid!r}", "not_found_error", "id")
-        if public(job)["status"] in ("queued", "in_progress"):
-            job["status"] = "cancelled"
+        if public(job)["status"] in ("completed", "failed"):
+            return _err(409, f"video job {jid!r} is already {job['status']}", param="video_id")
+        job["status"] = "cancelled"
         return public(job)
+
+    @app.delete("/v1/videos/{jid}")
+    def delete(jid: str):
+        if app.state.jobs.pop(jid, None) is None:
+            return _err(404, f"no video job {jid!r}", "not_found_error", "id")
+        return {"id": jid, "object": "video.deleted", "deleted": True}
 
     return app
 

@@ -77,8 +77,11 @@ def test_cancel_and_failed_jobs(fake):
     with OmniClient(url) as c:
         job = c.create_video("a red circle forever", size="32x32", frames=5)
         echoed = c.cancel_video(job.id)
-        assert echoed is not None and echoed.status == "cancelled"
-        assert c.get_video(job.id).status == "cancelled"
+        assert echoed.status == "cancelled"
+        assert c.get_video(job.id).status == "cancelled"  # cancel keeps the record
+        c.delete_video(job.id)  # delete removes it
+        with pytest.raises(NotFound):
+            c.get_video(job.id)
         bad = c.create_video("a red circle, fail", size="32x32", frames=5)
         bad, _ = wait_done(c, bad.id)
         assert bad.status == "failed" and bad.error == FAIL_MESSAGE

@@ -1,7 +1,7 @@
 """The Gradio demo: a separate process that only talks HTTP to `omnidit serve`.
 
 `build_app(DemoConfig(api_url))` returns a `gr.Blocks` with an Image tab (one blocking request) and a
-Video tab (create a job, poll its progress, fetch the MP4, Stop = DELETE the job), plus a
+Video tab (create a job, poll its progress, fetch the MP4, Stop = cancel the job), plus a
 gallery of recent results. The handlers live on `DemoHandlers` so tests can call them
 directly; every API failure is shown in plain words (a toast and an error box), never a
 traceback.
@@ -180,7 +180,7 @@ class DemoHandlers:
         """Generator: create a job, poll it, fetch the MP4.
 
         Yields (job id, progress html, video path | None, recent, gallery, error markdown). The job
-        id goes into session state so the Stop button can DELETE it while this generator polls.
+        id goes into session state so the Stop button can cancel it while this generator polls.
         """
         try:
             prompt = self._check_inputs(prompt, size)
@@ -211,11 +211,11 @@ class DemoHandlers:
             if job.status == "cancelled":
                 yield "", progress_html("cancelled", job.progress, f"job {job.id} stopped"), None, recent, recent, ""
                 return
-            # Job id cleared: Stop must not DELETE (= remove) a finished job while its MP4 downloads.
+            # Job id cleared: Stop has nothing to cancel once the job finished.
             yield "", progress_html("in_progress", 100, "fetching the video"), None, recent, recent, ""
             path = self._out_path(".mp4")
             path.write_bytes(self.client.video_content(job.id))
-        except NotFound:  # DELETE may remove a job outright rather than mark it cancelled
+        except NotFound:  # deleted meanwhile (DELETE removes a job outright)
             yield "", progress_html("cancelled", job.progress, f"job {job.id} is gone"), None, recent, recent, ""
             return
         except ApiError as e:
@@ -226,7 +226,7 @@ class DemoHandlers:
         yield "", progress_html("completed", 100, f"job {job.id}"), str(path), recent, recent, ""
 
     def stop_video(self, job_id):
-        """DELETE the running job; the polling generator then sees it cancelled. -> error markdown."""
+        """Cancel the running job (POST .../cancel); the polling generator then sees it cancelled. -> error markdown."""
         if not job_id:
             gr.Info("No video job is running.")
             return ""

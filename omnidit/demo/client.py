@@ -174,14 +174,13 @@ class OmniClient:
         """The finished job's MP4 bytes."""
         return self._request("GET", f"/v1/videos/{job_id}/content").content
 
-    def cancel_video(self, job_id: str) -> VideoJob | None:
-        """DELETE /v1/videos/{id}: cancels a running job. Returns the job if the service echoes it."""
-        r = self._request("DELETE", f"/v1/videos/{job_id}")
-        try:
-            d = r.json()
-        except ValueError:
-            return None
-        return VideoJob.from_json(d) if isinstance(d, dict) and "status" in d and "id" in d else None
+    def cancel_video(self, job_id: str) -> VideoJob:
+        """POST /v1/videos/{id}/cancel: stops a queued/running job; its record stays (status cancelled)."""
+        return VideoJob.from_json(self._json("POST", f"/v1/videos/{job_id}/cancel"))
+
+    def delete_video(self, job_id: str) -> None:
+        """DELETE /v1/videos/{id}: removes the job (any status) and its output; it is 404 afterwards."""
+        self._json("DELETE", f"/v1/videos/{job_id}")
 
 
 def _drop_none(**kw) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -121,26 +122,6 @@ def to_video_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
 
 
-def _reconstruct(vae, x: torch.Tensor, cfg: VAETrainConfig, ref=None, denoise=None):
-    anchor = None
-    if denoise is not None:  # decoder-only: the DiT's version of the encoder's latents
-        with torch.no_grad():
-            post = vae.encode(x).latent_dist
-            z = denoise(post.mode())
-    elif ref is not None:  # decode the reference's latents; pull the new encoder onto them
-        with torch.no_grad():
-            ref_post = ref.encode(x).latent_dist
-            z = ref_post.sample()
-        post = vae.encode(x).latent_dist
-        anchor = F.mse_loss(post.mean.float(), ref_post.mean.float())
-    else:
-        with torch.set_grad_enabled(not cfg.decoder_only):
-            post = vae.encode(x).latent_dist
-            z = post.sample()
-    rec = vae.decode(z).sample.float()  # [B, 3, F, H, W]
-    return rec, post, anchor
-
-
 def pixel_weights(x: torch.Tensor, object_weight: float, edge_weight: float = 0.0) -> torch.Tensor:
     """L1 weights `[B, 1, F, H, W]` for frames x `[B, 3, F, H, W]`: 1 on the background (the frame's
     corner colour), 1 + object_weight on objects, plus edge_weight on the 2-pixel band along
@@ -155,11 +136,109 @@ def pixel_weights(x: torch.Tensor, object_weight: float, edge_weight: float = 0.
     return w
 
 
-def _loss(vae, x: torch.Tensor, cfg: VAETrainConfig, ref=None, disc=None,
-          denoise=None) -> tuple[torch.Tensor, dict, torch.Tensor]:
-    """(loss, logs, reconstruction); `disc` adds the adversarial term, `denoise(z)` replaces the
-    latents the decoder sees."""
-    rec, post, anchor = _reconstruct(vae, x, cfg, ref, denoise)
+# ---- the modes: what the VAE starts from, what it trains, which latents the decoder sees ------------
+
+# (frames x, prompts, this step's CPU generator) -> (latents z, posterior, anchor loss or None)
+LatentFn = Callable[[torch.Tensor, list, torch.Generator], tuple[torch.Tensor, object, "torch.Tensor | None"]]
+
+
+@dataclass
+class VAEMode:
+    """One training mode, chosen once from the config (`vae_mode`): the VAE and its trainable
+    parameters, `latents(x, prompts, gen) -> (z, posterior, anchor loss or None)` for a batch, and how the
+    result is saved. The step loop is the same for every mode."""
+
+    name: str
+    vae: torch.nn.Module
+    params: list
+    latents: LatentFn
+    keep_scaling: float | None = None  # the latent space is unchanged: keep this scaling factor
+    export: bool = True  # a new latent space: measure and set its scaling factor (export_vae)
+
+
+def _own_latents(vae, train_encoder: bool) -> LatentFn:
+    def latents(x, prompts, gen):
+        with torch.set_grad_enabled(train_encoder):
+            post = vae.encode(x).latent_dist
+            return post.sample(), post, None
+
+    return latents
+
+
+def _reference_latents(vae, ref) -> LatentFn:
+    """Decode the reference's latents; pull the new encoder onto them (the anchor loss)."""
+
+    def latents(x, prompts, gen):
+        with torch.no_grad():
+            ref_post = ref.encode(x).latent_dist
+            z = ref_post.sample()
+        post = vae.encode(x).latent_dist
+        return z, post, F.mse_loss(post.mean.float(), ref_post.mean.float())
+
+    return latents
+
+
+def _denoised_latents(vae, denoiser) -> LatentFn:
+    """The DiT's one-step reconstruction of the encoder's latents (noise levels and noise from `gen`)."""
+
+    def latents(x, prompts, gen):
+        with torch.no_grad():
+            post = vae.encode(x).latent_dist
+            return denoiser.denoise(post.mode(), prompts, gen), post, None
+
+    return latents
+
+
+def _decoder_params(vae) -> list:
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    return list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+
+
+def vae_mode(cfg: VAETrainConfig, device: torch.device) -> VAEMode:
+    """The mode a config asks for: `keep_latents_of` (re-fit under a changed config), `denoiser`
+    (decoder on a DiT's latents), `decoder_only`, `init_from` (continue or deepen), or a new VAE."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    if cfg.denoiser and not (cfg.decoder_only and cfg.init_from):
+        raise ValueError("denoiser needs decoder_only and init_from (the VAE whose latents the model was trained on)")
+    if cfg.keep_latents_of:
+        ref = AutoencoderKLHunyuanVideo.from_pretrained(cfg.keep_latents_of).float().eval().requires_grad_(False)
+        conf = {k: v for k, v in ref.config.items() if not k.startswith("_")}
+        if cfg.norm_groups:
+            conf["norm_num_groups"] = cfg.norm_groups
+        vae = AutoencoderKLHunyuanVideo(**conf)
+        vae.load_state_dict(ref.state_dict())  # norm grouping changes no parameter shape
+        vae.train().to(device)
+        ref.to(device)
+        params = _decoder_params(vae) if cfg.decoder_only else list(vae.parameters())
+        return VAEMode("refit", vae, params, _reference_latents(vae, ref), keep_scaling=ref.config.scaling_factor,
+                       export=False)
+    if cfg.init_from:
+        vae = AutoencoderKLHunyuanVideo.from_pretrained(cfg.init_from).float()
+        if cfg.layers_per_block:
+            vae = grow_layers(vae, cfg.layers_per_block)
+    else:
+        vae = make_vae(cfg.norm_groups, cfg.spatial_compression, cfg.latent_channels)
+    vae.train().to(device)
+    if cfg.denoiser:
+        from omnidit.training.denoised_latents import DenoisedLatents
+
+        denoiser = DenoisedLatents(cfg.denoiser, scaling_factor=vae.config.scaling_factor, device=device,
+                                   sigma_range=tuple(cfg.denoise_sigma), p_clean=cfg.denoise_p_clean)
+        return VAEMode("denoised decoder", vae, _decoder_params(vae), _denoised_latents(vae, denoiser),
+                       keep_scaling=vae.config.scaling_factor, export=False)
+    if cfg.decoder_only:
+        return VAEMode("decoder", vae, _decoder_params(vae), _own_latents(vae, False),
+                       keep_scaling=vae.config.scaling_factor, export=False)
+    return VAEMode("full", vae, list(vae.parameters()), _own_latents(vae, True))
+
+
+def _loss(mode: VAEMode, x: torch.Tensor, prompts: list, gen: torch.Generator, cfg: VAETrainConfig,
+          disc=None) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """(loss, logs, reconstruction); `disc` adds the adversarial term."""
+    z, post, anchor = mode.latents(x, prompts, gen)
+    rec = mode.vae.decode(z).sample.float()  # [B, 3, F, H, W]
     w = pixel_weights(x, cfg.object_weight, cfg.edge_weight)
     l1 = (w * (rec - x).abs()).mean()
     kl = post.kl().float().mean() / x[0].numel()
@@ -177,45 +256,15 @@ def _loss(vae, x: torch.Tensor, cfg: VAETrainConfig, ref=None, disc=None,
 
 
 def train_vae(cfg: VAETrainConfig) -> Path:
+    """Train (or resume) in the mode `cfg` asks for (`vae_mode`), then save and measure the VAE."""
     from omnidit.training.shapes_stream import stream_batches
 
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from diffusers import AutoencoderKLHunyuanVideo
-
-    if cfg.denoiser and not (cfg.decoder_only and cfg.init_from):
-        raise ValueError("denoiser needs decoder_only and init_from (the VAE whose latents the model was trained on)")
-    ref = None
-    if cfg.keep_latents_of:
-        ref = AutoencoderKLHunyuanVideo.from_pretrained(cfg.keep_latents_of).float().eval().requires_grad_(False)
-        conf = {k: v for k, v in ref.config.items() if not k.startswith("_")}
-        if cfg.norm_groups:
-            conf["norm_num_groups"] = cfg.norm_groups
-        vae = AutoencoderKLHunyuanVideo(**conf)
-        vae.load_state_dict(ref.state_dict())  # norm grouping changes no parameter shape
-        vae.train()
-        ref.to(device)
-    elif cfg.init_from:
-        vae = AutoencoderKLHunyuanVideo.from_pretrained(cfg.init_from).float()
-        if cfg.layers_per_block:
-            vae = grow_layers(vae, cfg.layers_per_block)
-        vae.train()
-    else:
-        vae = make_vae(cfg.norm_groups, cfg.spatial_compression, cfg.latent_channels).train()
-    vae.to(device)
-    params = list(vae.parameters())
-    if cfg.decoder_only:
-        vae.encoder.requires_grad_(False)
-        vae.quant_conv.requires_grad_(False)
-        params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    denoiser = None
-    if cfg.denoiser:
-        from omnidit.training.denoised_latents import DenoisedLatents
-
-        denoiser = DenoisedLatents(cfg.denoiser, scaling_factor=vae.config.scaling_factor, device=device,
-                                   sigma_range=tuple(cfg.denoise_sigma), p_clean=cfg.denoise_p_clean)
+    mode = vae_mode(cfg, device)
+    vae = mode.vae
+    opt = torch.optim.AdamW(mode.params, lr=cfg.lr, weight_decay=0.0)
     disc = disc_opt = None
     if cfg.gan_weight > 0:
         disc = PatchDiscriminator().to(device).train()
@@ -237,7 +286,7 @@ def train_vae(cfg: VAETrainConfig) -> Path:
                            start=step, workers=cfg.workers) if cfg.clips_per_step else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     budget = Budget(cfg.max_steps, cfg.max_minutes)
-    bar = tqdm(desc="vae", unit="step", initial=step)
+    bar = tqdm(desc=f"vae ({mode.name})", unit="step", initial=step)
     t0 = time.time()
     while not budget.done(step):
         # Warm up, then cosine from lr to lr / 10 over this run's budget (a resumed run decays anew).
@@ -248,20 +297,16 @@ def train_vae(cfg: VAETrainConfig) -> Path:
         if disc is not None:
             disc.requires_grad_(False)  # the decoder's step needs gradients through it, not for it
         pairs = []  # (real, reconstruction) for the discriminator's step
-        noise = torch.Generator("cpu").manual_seed(cfg.seed * 1_000_003 + step)  # resumable draws
-
-        def latents_of(prompts):
-            return None if denoiser is None else (lambda z: denoiser.denoise(z, prompts, noise))
-
+        gen = torch.Generator("cpu").manual_seed(cfg.seed * 1_000_003 + step)  # resumable draws
         with autocast:
             prompts, frames = next(images)
             x = to_video_tensor(frames.to(device))
-            loss, logs, rec = _loss(vae, x, cfg, ref, adversary, latents_of(prompts))
+            loss, logs, rec = _loss(mode, x, prompts, gen, cfg, adversary)
             pairs.append((x, rec))
             if clips is not None and step % cfg.clip_every == 0:
                 prompts, frames = next(clips)
                 x = to_video_tensor(frames.to(device))
-                vloss, vlogs, rec = _loss(vae, x, cfg, ref, adversary, latents_of(prompts))
+                vloss, vlogs, rec = _loss(mode, x, prompts, gen, cfg, adversary)
                 loss = loss + vloss
                 logs["video_l1"] = vlogs["l1"]
                 pairs.append((x, rec))
@@ -287,20 +332,25 @@ def train_vae(cfg: VAETrainConfig) -> Path:
             log_metrics(out / "metrics.jsonl", {"step": step, "loss": float(loss.detach()), **logs,
                                                  "seconds": round(time.time() - t0, 1)})
     bar.close()
-    vae.cpu()
-    if cfg.decoder_only or ref is not None:  # keep the scaling factor: the latent space is unchanged
-        if ref is not None:
-            vae.register_to_config(scaling_factor=ref.config.scaling_factor)
-        vae.eval().save_pretrained(out / "vae")
-    else:
-        export_vae(vae, out / "vae", size=cfg.size, seed=cfg.seed)
-    psnr = reconstruction_psnr(out / "vae", size=cfg.size, n=cfg.eval_n)
-    ceiling = {f: reconstruction_adherence(out / "vae", frames=f, n=cfg.eval_n if f == 1 else max(1, cfg.eval_n // 4),
+    _save(mode, out / "vae", cfg, step)
+    return out / "vae"
+
+
+def _save(mode: VAEMode, folder: Path, cfg: VAETrainConfig, step: int) -> None:
+    """Write the VAE folder, then measure what it reconstructs (PSNR, and the evaluator's ceiling)."""
+    vae = mode.vae.cpu()
+    if mode.export:
+        export_vae(vae, folder, size=cfg.size, seed=cfg.seed)
+    else:  # the latent space is unchanged: so is its scaling factor
+        vae.register_to_config(scaling_factor=mode.keep_scaling)
+        vae.eval().save_pretrained(folder)
+    psnr = reconstruction_psnr(folder, size=cfg.size, n=cfg.eval_n)
+    ceiling = {f: reconstruction_adherence(folder, frames=f, n=cfg.eval_n if f == 1 else max(1, cfg.eval_n // 4),
                                            size=cfg.size) for f in (1, 17)}
-    log_metrics(out / "metrics.jsonl", {"step": step, "psnr": round(psnr, 2), "reconstruction_adherence": ceiling})
+    log_metrics(folder.parent / "metrics.jsonl", {"step": step, "psnr": round(psnr, 2),
+                                                   "reconstruction_adherence": ceiling})
     print(f"VAE reconstruction: {psnr:.2f} dB PSNR; evaluator on reconstructions: images {ceiling[1]}, "
           f"17-frame videos {ceiling[17]}")
-    return out / "vae"
 
 
 @torch.no_grad()

@@ -22,7 +22,6 @@ from omnidit.training.common import (
     load_checkpoint,
     load_weights_from,
     log_metrics,
-    optimizer_step,
     reference_attention,
     save_checkpoint,
     smooth_loss,
@@ -96,70 +95,42 @@ def make_student(teacher_dit: torch.nn.Module, method: str) -> torch.nn.Module:
     return student.to(next(teacher_dit.parameters()).device).train()
 
 
-def student_sampling(cfg: DistillConfig, teacher_sampling: dict, student_guidance: bool) -> dict:
-    """The student's defaults in model_index.json: few steps and no CFG forward (consistency),
-    or the teacher's steps with the scale as an input (guidance)."""
-    s = dict(teacher_sampling)
-    if cfg.method == "guidance":
-        s.update(guidance_mode="embedded")
-    elif cfg.method == "dmd":
-        s.update(steps=cfg.steps, sampler="x0_renoise", guidance_mode="none")
-    else:
-        s.update(steps=cfg.phases if cfg.phases > 1 else cfg.steps,
-                 sampler="euler" if cfg.phases > 1 else "x0_renoise",
-                 guidance_mode="embedded" if student_guidance else "none")
-    return s
-
-
 @reference_attention()
 def train_distill(cfg: DistillConfig) -> Path:
-    """Train (or resume) the student, then export it to `cfg.out`; returns the model folder."""
+    """Train (or resume) the student with `cfg.method` (distill/methods.py), then export it to
+    `cfg.out`; returns the model folder."""
     from accelerate import Accelerator
 
-    from omnidit.distill.losses import consistency_distill_loss, consistency_grid, guidance_distill_loss
+    from omnidit.distill.methods import METHOD_CLASSES, Run
     from omnidit.distill.teacher import load_teacher
-    from omnidit.sampling import flow_sigmas
     from omnidit.training.dit_train import DiTTrainConfig, open_data, quick_eval
 
-    run = Path(cfg.run)
+    run_dir = Path(cfg.run)
     acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     torch.manual_seed(cfg.seed)
     teacher = load_teacher(cfg.teacher, device=acc.device, text_encoder=cfg.text_encoder)
-    mode = teacher.config.guidance_mode
-    if cfg.method == "guidance" and mode != "cfg":
-        raise ValueError(f"guidance distillation needs a teacher sampled with true CFG; {teacher.name!r} "
-                         f"uses guidance_mode={mode!r} (it is guidance-distilled already)")
     student = make_student(teacher.dit, cfg.method)
     if cfg.init_student:
         load_weights_from(student, cfg.init_student, "init_student")
-    student_guidance = bool(student.config.guidance_embeds) and cfg.method == "consistency"
-    if cfg.method == "dmd" and student.config.guidance_embeds:
-        raise ValueError("dmd distillation needs a teacher without a guidance input (it learns the guided "
-                         f"distribution itself); {teacher.name!r} has guidance_embeds")
     ema = EMA(student, cfg.ema_decay if cfg.ema_decay is not None else EMA_DECAY[cfg.method])
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    # dmd: the fake score model starts as the teacher (so the first updates compare like with like).
-    fake = copy.deepcopy(teacher.dit).float().train().requires_grad_(True) if cfg.method == "dmd" else None
-    fake_opt = (torch.optim.AdamW(fake.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
-                if fake is not None else None)
+    run = Run(acc, student, opt, ema, teacher, cfg)
+    method = METHOD_CLASSES[cfg.method](run)
     gen = torch.Generator().manual_seed(cfg.seed)
     step = 0
-    ck = load_checkpoint(run / "checkpoint.pt")
+    ck = load_checkpoint(run_dir / "checkpoint.pt")
     if ck is not None:
         if ck.get("method") != cfg.method:
-            raise ValueError(f"{run}/checkpoint.pt is a {ck.get('method')!r} run, not {cfg.method!r}")
+            raise ValueError(f"{run_dir}/checkpoint.pt is a {ck.get('method')!r} run, not {cfg.method!r}")
         student.load_state_dict(ck["student"])
         ema.model.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["opt"])
-        if fake is not None:
-            fake.load_state_dict(ck["fake"])
-            fake_opt.load_state_dict(ck["fake_opt"])
+        method.load(ck)
         gen.set_state(ck["gen"])
         step = ck["step"]
         acc.print(f"resumed {cfg.method} distillation at step {step}")
-    student, opt = acc.prepare(student, opt)
-    if fake is not None:
-        fake, fake_opt = acc.prepare(fake, fake_opt)
+    run.student, run.opt = acc.prepare(student, opt)
+    method.prepare()
     ema.model.to(acc.device)
 
     data_cfg = DiTTrainConfig(vae=str(teacher.vae_dir), image_cache=cfg.image_cache, video_cache=cfg.video_cache,
@@ -167,88 +138,44 @@ def train_distill(cfg: DistillConfig) -> Path:
                               video_frames=cfg.video_frames, data=cfg.data, workers=cfg.workers, seed=cfg.seed + 100)
     images, videos = open_data(data_cfg, acc.device, teacher.text_encoder, start=step)
     null = teacher.text([teacher.config.negative_prompt or ""], "cpu")
-    phases = cfg.phases
-    sub = max(1, round(cfg.teacher_intervals / phases))
-    grid, phase_end = consistency_grid(phases, sub, teacher.config.shift)
-    student_sigmas = flow_sigmas(cfg.steps, teacher.config.shift).to(acc.device)  # dmd: the student's sampler
-    acc.print(f"{cfg.method} distillation of {teacher.name!r} ({mode} guidance {teacher.config.guidance}) on "
+    sampling = method.sampling(teacher.config.to_dict())
+    acc.print(f"{cfg.method} distillation of {teacher.name!r} ({run.mode} guidance {teacher.config.guidance}) on "
               f"{acc.device}; student {sum(p.numel() for p in student.parameters()) / 1e6:.1f}M params")
 
     budget = Budget(cfg.max_steps, cfg.max_minutes)
     bar = tqdm(desc=f"distill {cfg.method}", unit="step", initial=step, disable=not acc.is_local_main_process)
-    t0, run_loss, run_fake = time.time(), None, None
+    t0, running = time.time(), {}
     while not budget.done(step):
         is_video = (videos is not None and cfg.video_every > 0 and step % (cfg.video_every + 1) == cfg.video_every)
         src, b = (videos, cfg.video_batch) if is_video else (images, cfg.image_batch)
         x0, text, mask, pooled = (t.to(acc.device) for t in src.batch(gen, b))
-        cond = (text, mask, pooled)
         uncond = tuple(n.to(acc.device).expand(x0.shape[0], *n.shape[1:]) for n in null)
-        if cfg.method == "dmd":
-            loss, fake_loss = dmd_step(acc, student, opt, ema, fake, fake_opt, teacher, x0, cond, uncond, gen,
-                                       sigmas=student_sigmas, step=step, fake_updates=cfg.fake_updates, mode=mode)
-            run_fake = smooth_loss(run_fake, fake_loss)
-        else:
-            with acc.autocast():
-                if cfg.method == "guidance":
-                    loss = guidance_distill_loss(student, teacher.dit, x0, cond, uncond, gen,
-                                                 scale_range=cfg.scale_range)
-                else:
-                    loss = consistency_distill_loss(
-                        student, ema.model, teacher.dit, x0, cond, uncond, gen, grid=grid, phase_end=phase_end,
-                        scale=teacher.config.guidance, mode=mode, huber_c=cfg.huber_c,
-                        student_guidance=student_guidance)
-            optimizer_step(acc, student, opt, loss, ema, step)
+        losses = method.step(step, x0, (text, mask, pooled), uncond, gen)
         step += 1
-        if loss is not None:
-            run_loss = smooth_loss(run_loss, loss)
+        for k, v in losses.items():  # dmd has no student loss before its first student turn
+            if v is not None:
+                running[k] = smooth_loss(running.get(k), v)
         bar.update(1)
-        shown = {"loss": run_loss, "fake": run_fake}  # dmd has no student loss before its first student turn
-        bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items() if v is not None}, refresh=False)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in running.items()}, refresh=False)
         last = budget.done(step)
         if acc.is_main_process and (step % cfg.checkpoint_every == 0 or last):
-            extra = ({"fake": acc.unwrap_model(fake).state_dict(), "fake_opt": fake_opt.state_dict()}
-                     if fake is not None else {})
-            save_checkpoint(run / "checkpoint.pt", student=acc.unwrap_model(student).state_dict(),
-                            ema=ema.model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(), step=step,
-                            method=cfg.method, config=asdict(cfg), dit_config=ema.model.config.to_dict(), **extra)
-            log_metrics(run / "metrics.jsonl", {"step": step, "loss": run_loss, "seconds": round(time.time() - t0, 1),
-                                                **({"fake_loss": run_fake} if run_fake is not None else {})})
+            save_checkpoint(run_dir / "checkpoint.pt", student=acc.unwrap_model(run.student).state_dict(),
+                            ema=ema.model.state_dict(), opt=run.opt.state_dict(), gen=gen.get_state(), step=step,
+                            method=cfg.method, config=asdict(cfg), dit_config=ema.model.config.to_dict(),
+                            **method.state())
+            log_metrics(run_dir / "metrics.jsonl", {
+                "step": step, "loss": running.get("loss"), "seconds": round(time.time() - t0, 1),
+                **({"fake_loss": running["fake"]} if "fake" in running else {})})
         if acc.is_main_process and cfg.eval_every and (step % cfg.eval_every == 0 or last):
             scores = quick_eval(ema.model, teacher.vae_dir, teacher.text_encoder, n=cfg.eval_n, seed=cfg.seed + 7,
-                                steps=None, sampling=student_sampling(cfg, teacher.config.to_dict(), student_guidance))
-            log_metrics(run / "metrics.jsonl", {"step": step, "eval": scores})
+                                steps=None, sampling=sampling)
+            log_metrics(run_dir / "metrics.jsonl", {"step": step, "eval": scores})
             acc.print(f"step {step} eval: {scores}")
             ema.model.eval()
     bar.close()
     if not acc.is_main_process:
         return Path(cfg.out)
-    return export_student(ema.model, teacher, Path(cfg.out), cfg=cfg, trained_steps=step,
-                          sampling=student_sampling(cfg, teacher.config.to_dict(), student_guidance))
-
-
-def dmd_step(acc, student, opt, ema: EMA, fake, fake_opt, teacher, x0, cond, uncond, gen: torch.Generator, *,
-             sigmas: torch.Tensor, step: int, fake_updates: int, mode: str):
-    """One dmd iteration: the student's samples (a random step k of its sampler per sample), a
-    student update along the distribution-matching direction every `fake_updates`-th step, and a
-    fake-score update on those samples every step. Returns (student loss or None, fake loss)."""
-    from omnidit.distill.dmd import distribution_matching_loss, fake_score_loss, generator_sample
-
-    b = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=gen).to(x0)
-    k = torch.randint(0, len(sigmas) - 1, (b,), generator=gen).to(x0.device)
-    student_turn = step % fake_updates == fake_updates - 1
-    loss = None
-    with acc.autocast(), torch.set_grad_enabled(student_turn):
-        sample = generator_sample(student, noise, cond, sigmas, k, gen)  # [B, C, F, H, W]
-        if student_turn:  # the critics run without gradient inside the loss
-            loss = distribution_matching_loss(sample, teacher.dit, fake, cond, uncond, gen,
-                                              scale=teacher.config.guidance, mode=mode)
-    if loss is not None:
-        optimizer_step(acc, student, opt, loss, ema, step)
-    with acc.autocast():
-        fake_loss = fake_score_loss(fake, sample.detach(), cond, gen)
-    optimizer_step(acc, fake, fake_opt, fake_loss, None, step)
-    return loss, fake_loss
+    return export_student(ema.model, teacher, Path(cfg.out), cfg=cfg, trained_steps=step, sampling=sampling)
 
 
 def export_student(student: torch.nn.Module, teacher, out: Path, *, cfg: DistillConfig, trained_steps: int,

@@ -18,6 +18,7 @@ from pathlib import Path
 MODELS_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "shapes-turbo"
 INDEX = "model_index.json"
+CACHE_CALIBRATION = "cache.json"  # step-cache calibration beside model_index.json (diffusers ignores it)
 
 # transformer/config.json `_class_name` -> family
 FAMILIES = {
@@ -97,6 +98,20 @@ class ModelFolder:
         """The folder's own `"omnidit"` section (sampling defaults, provenance), or {}."""
         return self.index.get("omnidit", {})
 
+    @property
+    def cache_calibration(self) -> dict:
+        """The step-cache calibration `omnidit calibrate-cache` wrote (`cache.json`), or {}."""
+        p = self.path / CACHE_CALIBRATION
+        if not p.is_file():
+            return {}
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p} is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{p} must hold a JSON object, got {type(data).__name__}")
+        return data
+
     def sampling(self, guidance_embeds: bool):
         """The folder's sampling defaults and limits (a PipelineConfig)."""
         from omnidit.pipeline_config import read_pipeline_config
@@ -120,6 +135,15 @@ def write_model_index(out: Path, index: dict) -> Path:
 
     path = Path(out) / INDEX
     write_atomic(path, (json.dumps(index, indent=2) + "\n").encode())
+    return path
+
+
+def write_cache_calibration(folder: Path, calibration: dict) -> Path:
+    """Write `folder/cache.json` (atomically), the coefficients `ModelFolder.cache_calibration` reads."""
+    from omnidit.files import write_atomic
+
+    path = Path(folder) / CACHE_CALIBRATION
+    write_atomic(path, (json.dumps(calibration, indent=2) + "\n").encode())
     return path
 
 

@@ -6,17 +6,21 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from omnidit.dit.cache import StepCache, build_cache
 from omnidit.generation import Generation
 from omnidit.model_folder import open_model
 from omnidit.pipeline_config import PipelineConfig
 from omnidit.request import (
+    CACHE_OFF,
     MAX_SEED,
+    CacheSpec,
     RequestError,
     check_frames,
     check_guidance,
@@ -25,6 +29,7 @@ from omnidit.request import (
     check_seed,
     check_side,
     check_steps,
+    parse_cache,
 )
 from omnidit.sampling import Denoiser, NoiseSampler, Text, flow_sigmas, run_sampler, seeded_noise
 from omnidit.sampling.flow import x0_from_velocity
@@ -66,17 +71,20 @@ class _Request:
     guidance: float
     cfg_scale: float  # > 1 runs a second, unconditional forward
     negative_prompt: str | None
+    cache: CacheSpec | None = None  # step caching (None: off), the model folder's default filled in
 
 
 class Pipeline:
     """A DiT, a video VAE and a text encoder, with the sampling defaults of their model."""
 
-    def __init__(self, dit, vae, text_encoder, config: PipelineConfig, *, name: str = "custom", parallel=None):
+    def __init__(self, dit, vae, text_encoder, config: PipelineConfig, *, name: str = "custom", parallel=None,
+                 cache_calibration: dict | None = None):
         self.dit = dit
         self.vae = vae
         self.text_encoder = text_encoder
         self.config = config
         self.name = name
+        self.cache_calibration = cache_calibration or {}  # the model folder's cache.json (calibrate-cache)
         self.parallel = None
         self.set_parallel(parallel)
 
@@ -117,7 +125,8 @@ class Pipeline:
         text_encoder = load_text_encoder(folder.path, dtype=dtype, device=device, sentence_path=text_encoder)
         config = folder.sampling(dit.config.guidance_embeds)
         name = folder.name
-        return cls(dit, vae, text_encoder, config, name=name, parallel=parallel)
+        return cls(dit, vae, text_encoder, config, name=name, parallel=parallel,
+                   cache_calibration=folder.cache_calibration)
 
     @property
     def broken(self) -> str | None:
@@ -147,6 +156,7 @@ class Pipeline:
         guidance: float | None = None,
         negative_prompt: str | None = None,
         true_cfg_scale: float | None = None,
+        cache: str | CacheSpec | None = None,
     ) -> _Request:
         """Validate arguments against the model's limits; a `RequestError` (ValueError) names the field."""
         c = self.config
@@ -167,7 +177,28 @@ class Pipeline:
             # Embedded-guidance models (HunyuanVideo) take true CFG only when asked for with a negative prompt.
             neg = negative_prompt
             cfg_scale = float(true_cfg_scale if true_cfg_scale is not None else (6.0 if neg is not None else 1.0))
-        return _Request(frames, height, width, steps, float(guidance), cfg_scale, neg if cfg_scale > 1 else None)
+        spec = self.check_cache(cache)
+        return _Request(frames, height, width, steps, float(guidance), cfg_scale, neg if cfg_scale > 1 else None,
+                        spec)
+
+    def check_cache(self, cache: str | CacheSpec | None) -> CacheSpec | None:
+        """A cache SPEC (None: the model folder's default) -> the policy to run, None for off;
+        `RequestError("cache", ...)` for a bad SPEC or a policy this model has no calibration for."""
+        spec = parse_cache(cache if cache is not None else self.config.cache)
+        if spec is None or spec.policy == CACHE_OFF:
+            return None
+        try:
+            build_cache(spec.policy, spec.threshold, self.cache_calibration)
+        except ValueError as e:
+            raise RequestError("cache", str(e)) from None
+        return spec
+
+    def make_cache(self, cache: str | CacheSpec | StepCache | None) -> StepCache | None:
+        """The step-cache policy object of a request's `cache` (a policy object passes through)."""
+        if isinstance(cache, StepCache):
+            return cache
+        spec = self.check_cache(cache)
+        return build_cache(spec.policy, spec.threshold, self.cache_calibration) if spec is not None else None
 
     # ---- generation ----------------------------------------------------------------------
 
@@ -185,26 +216,34 @@ class Pipeline:
         callback: StepCallback | None = None,
         true_cfg_scale: float | None = None,
         latents: torch.Tensor | None = None,
+        cache: str | StepCache | None = None,
     ) -> Generation:
-        """One image (`frames=1`) or video. `steps=None` uses the model's default."""
+        """One image (`frames=1`) or video. `steps=None` uses the model's default. `cache`: a step-cache
+        SPEC ("fbcache" | "teacache" | "magcache", optionally ":<threshold>"; "none": off; None: the
+        model folder's default) or a `StepCache` policy object (omnidit/dit/cache.py)."""
         return self.generate_many(
             [prompt], frames=frames, height=height, width=width, steps=steps, guidance=guidance,
             negative_prompt=negative_prompt, seeds=[seed], callback=callback,
-            true_cfg_scale=true_cfg_scale, latents=latents,
+            true_cfg_scale=true_cfg_scale, latents=latents, cache=cache,
         )[0]
 
-    def generate_many(self, prompts: list[str], **kwargs) -> list[Generation]:
+    def generate_many(self, prompts: list[str], *, cache: str | StepCache | None = None,
+                      **kwargs) -> list[Generation]:
         """Several prompts of one size in one batch; the arguments of `generate_latents`.
-        Each seed gives the same output as alone."""
-        latents, req, seeds = self.generate_latents(prompts, **kwargs)
+        Each seed gives the same output as alone (step-cache decisions are per sample too)."""
+        policy = self.make_cache(cache)
+        latents, req, seeds = self.generate_latents(prompts, cache=policy if policy is not None else "none",
+                                                    **kwargs)
         video = self.decode(latents)
-        return [
-            Generation(frames=v, fps=self.config.fps, info={
-                "prompt": p, "seed": s, "steps": req.steps, "guidance": req.guidance,
-                "frames": req.frames, "height": req.height, "width": req.width, "model": self.name,
-            })
-            for p, s, v in zip(prompts, seeds, video)
-        ]
+        info = {"steps": req.steps, "guidance": req.guidance, "frames": req.frames, "height": req.height,
+                "width": req.width, "model": self.name}
+        out = []
+        for i, (p, s, v) in enumerate(zip(prompts, seeds, video)):
+            extra = {}
+            if policy is not None:  # the policy that ran, and how many of this sample's steps ran the blocks
+                extra = {"cache": f"{policy.name}:{policy.threshold:g}", "steps_computed": int(policy.per_sample[i])}
+            out.append(Generation(frames=v, fps=self.config.fps, info={"prompt": p, "seed": s, **info, **extra}))
+        return out
 
     def generate_latents(
         self,
@@ -221,6 +260,7 @@ class Pipeline:
         true_cfg_scale: float | None = None,
         latents: torch.Tensor | None = None,
         preview: StepCallback | None = None,
+        cache: str | StepCache | None = None,
     ) -> tuple[torch.Tensor, _Request, list[int]]:
         """`generate_many` up to the decoder: (clean latents `[B, C, F', H', W']` fp32, the filled-in
         request, the seeds used). `decode(latents)` then gives exactly `generate_many`'s frames.
@@ -229,8 +269,12 @@ class Pipeline:
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise RequestError("prompt", "prompt must be a non-empty string (or a non-empty list of strings)")
         prompts = [check_prompt(p) for p in prompts]
+        policy = cache if isinstance(cache, StepCache) else None
         req = self.check(frames=frames, height=height, width=width, steps=steps, guidance=guidance,
-                         negative_prompt=negative_prompt, true_cfg_scale=true_cfg_scale)
+                         negative_prompt=negative_prompt, true_cfg_scale=true_cfg_scale,
+                         cache="none" if policy is not None else cache)
+        if policy is None:
+            policy = self.make_cache(req.cache)
         seeds = list(seeds) if seeds is not None else [None] * len(prompts)
         if len(seeds) != len(prompts):
             raise RequestError("seed", f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
@@ -242,7 +286,7 @@ class Pipeline:
         # Re-noising samplers draw each sample's noise from its own seed: a seed gives the same
         # frames alone or in any batch (HTTP batching, batch jobs, generate_many).
         noise = seeded_noise(seeds)
-        return self.denoise(prompts, latents.to(self.device), req, callback=callback, noise_sampler=noise,
+        return self.denoise(prompts, latents.to(self.device), req, callback=callback, noise_sampler=noise, cache=policy,
                             preview=preview), req, seeds
 
     def initial_noise(self, req: _Request, seed: int) -> torch.Tensor:
@@ -254,9 +298,12 @@ class Pipeline:
     @torch.no_grad()
     def denoise(self, prompts: list[str], latents: torch.Tensor, req: _Request, *,
                 callback: StepCallback | None = None, noise_sampler: NoiseSampler | None = None,
+                cache: StepCache | None = None,
                 preview: StepCallback | None = None) -> torch.Tensor:
         """Integrate the flow ODE from noise to clean latents `[B, C, F', H', W']` (fp32).
-        `noise_sampler` feeds re-noising samplers; `generate_latents` passes `seeded_noise(seeds)`."""
+        `noise_sampler` feeds re-noising samplers; `generate_latents` passes `seeded_noise(seeds)`.
+        `cache`: a step-cache policy, restarted here for this generation (every step still calls
+        `callback`, skipped or not)."""
         dev = self.device
         cond = self.encode_text(prompts)
         uncond = None
@@ -264,6 +311,9 @@ class Pipeline:
             uncond = self.encode_text([req.negative_prompt] * len(prompts))
         denoiser = Denoiser.for_mode(self._dit_forward, self.config.guidance_mode, cond, uncond, req.guidance,
                                      true_cfg=req.cfg_scale, dtype=self.dtype)
+        if cache is not None:
+            cache.begin(steps=req.steps, branches=denoiser.branches)
+            denoiser.forward = functools.partial(self._dit_forward, cache=cache)
         sigmas = flow_sigmas(req.steps, self.config.shift).to(dev)
         model_fn = denoiser
         if preview is not None:

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from omnidit.request import parse_cache
 from omnidit.sampling.guidance import GUIDANCE_MODES
 from omnidit.sampling.samplers import SAMPLERS
 
@@ -31,12 +32,15 @@ class PipelineConfig:
     max_width: int = 1280
     max_frames: int = 129
     size_multiple: int = 16  # height/width must be multiples of this (VAE x patch)
+    cache: str | None = None  # default step-cache SPEC (request.parse_cache), None: no caching
 
     def __post_init__(self) -> None:
         if self.guidance_mode not in GUIDANCE_MODES:
             raise ValueError(f"guidance_mode {self.guidance_mode!r} not one of {GUIDANCE_MODES}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler {self.sampler!r} not one of {tuple(SAMPLERS)}")
+        if self.cache is not None:
+            parse_cache(self.cache, "sampling.cache")  # a model folder's default must parse like a request's
 
     @classmethod
     def from_dict(cls, d: dict) -> "PipelineConfig":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from dataclasses import dataclass
 
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**31 - 1  # seeds are in [0, MAX_SEED] everywhere (HTTP, batch lines, derived seeds)
@@ -94,3 +95,50 @@ def check_frames(v, temporal_ratio: int, max_frames: int | None = None) -> int:
     if not _is_int(v) or v < 1 or (v - 1) % t or (max_frames is not None and v > max_frames):
         raise RequestError("frames", f"frames must be 1, {1 + t}, {1 + 2 * t}, ...{top} (1 mod {t}), got {v!r}")
     return v
+
+
+# ---- step caching (omnidit/dit/cache.py) ------------------------------------------------------
+
+# Policy -> default threshold: the largest threshold of each policy that kept the `shapes` model's
+# adherence at >= 95 % of its uncached adherence (BENCHMARKS.md, "Step caching").
+CACHE_DEFAULTS = {"fbcache": 0.1, "teacache": 0.1, "magcache": 0.06}
+MAX_CACHE_THRESHOLD = 10.0
+CACHE_OFF = "none"
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """A parsed cache SPEC: `"<policy>"` or `"<policy>:<threshold>"`."""
+
+    policy: str
+    threshold: float
+
+    def __str__(self) -> str:
+        return CACHE_OFF if self.policy == CACHE_OFF else f"{self.policy}:{self.threshold:g}"
+
+
+def parse_cache(v, field: str = "cache") -> CacheSpec | None:
+    """`None` -> None (the model's default applies); `"none"` -> CacheSpec("none", 0) (caching off);
+    `"fbcache" | "teacache" | "magcache"`, optionally `":<threshold>"` in [0, MAX_CACHE_THRESHOLD]."""
+    if v is None:
+        return None
+    allowed = f'"{CACHE_OFF}", ' + ", ".join(f'"{p}"' for p in CACHE_DEFAULTS) + ', each optionally ":<threshold>"'
+    if isinstance(v, CacheSpec):
+        v = str(v)
+    if not isinstance(v, str):
+        raise RequestError(field, f"{field} must be a string: {allowed}; got {v!r}")
+    policy, sep, value = v.strip().partition(":")
+    if policy == CACHE_OFF and not sep:
+        return CacheSpec(CACHE_OFF, 0.0)
+    if policy not in CACHE_DEFAULTS:
+        raise RequestError(field, f"{field} policy must be one of {allowed}; got {v!r}")
+    if not sep:
+        return CacheSpec(policy, CACHE_DEFAULTS[policy])
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = math.nan
+    if not math.isfinite(threshold) or not 0 <= threshold <= MAX_CACHE_THRESHOLD:
+        raise RequestError(field, f"{field} threshold must be a number in [0, {MAX_CACHE_THRESHOLD:g}] "
+                                  f"(e.g. \"{policy}:{CACHE_DEFAULTS[policy]}\"), got {v!r}")
+    return CacheSpec(policy, threshold)

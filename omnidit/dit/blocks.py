@@ -167,6 +167,11 @@ class DualStreamBlock(nn.Module):
         self.ff = FeedForward(dim, int(dim * mlp_ratio), act="gelu_tanh")
         self.ff_context = FeedForward(dim, int(dim * mlp_ratio), act="gelu_tanh")
 
+    def modulated_input(self, img: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """What the attention of this block reads of the video stream: `[B, N, D]`."""
+        shift_msa, scale_msa = self.norm1(temb)[:2]  # [B, 1, D] each
+        return modulate(img, shift_msa, scale_msa)
+
     def forward(
         self,
         img: torch.Tensor,  # [B, N, D]
@@ -220,6 +225,11 @@ class SingleStreamBlock(nn.Module):
         self.norm = Modulation(dim, 3)
         self.proj_mlp = nn.Linear(dim, int(dim * mlp_ratio))
         self.proj_out = nn.Linear(dim + int(dim * mlp_ratio), dim)
+
+    def modulated_input(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """What the attention and MLP of this block read: `[B, S, D]` (or its video rows)."""
+        shift, scale, _ = self.norm(temb)  # [B, 1, D] each
+        return modulate(x, shift, scale)
 
     def forward(
         self,

@@ -32,6 +32,7 @@ from omnidit.dit.blocks import (
     SingleStreamBlock,
     TokenRefiner,
 )
+from omnidit.dit.cache import RowReduce, StepCache
 from omnidit.dit.config import DiTConfig
 from omnidit.dit.embeddings import (
     ConditionEmbedding,
@@ -131,15 +132,18 @@ class DiT(nn.Module):
         encoder_attention_mask: torch.Tensor,
         pooled_projections: torch.Tensor,
         guidance: torch.Tensor | None = None,
+        *,
+        cache: StepCache | None = None,
     ) -> torch.Tensor:
         """`[B, C, T, H, W]` latents -> `[B, C_out, T, H, W]` prediction (see module docstring).
 
         Three stages, so sequence parallelism (omnidit/parallel) can split the video tokens after
-        `embed` and gather them after `project_out` without re-implementing either.
+        `embed` and gather them after `project_out` without re-implementing either. `cache`: a
+        step-cache policy (cache.py) of the current generation, consulted by the block loop.
         """
         e = self.embed(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, pooled_projections,
                        guidance)
-        img = self.run_blocks(e.img, e.txt, e.temb, e.rope, e.layout)  # [B, N, D]
+        img = self.run_blocks(e.img, e.txt, e.temb, e.rope, e.layout, cache=cache)  # [B, N, D]
         out = self.project_out(img, e.temb)  # [B, N, C_out * pt * ph * pw]
         return unpatchify(out, e.grid, self.patch)  # [B, C_out, T, H, W]
 
@@ -180,16 +184,48 @@ class DiT(nn.Module):
         temb: torch.Tensor,
         rope: torch.Tensor,
         layout: JointLayout,
+        *,
+        cache: StepCache | None = None,
+        reduce: RowReduce | None = None,
     ) -> torch.Tensor:
-        """The transformer proper on token sequences: img `[B, N, D]`, txt `[B, L, D]` -> img `[B, N, D]`."""
-        attend = self.joint_attention
-        for block in self.transformer_blocks:
+        """The transformer proper on token sequences: img `[B, N, D]`, txt `[B, L, D]` -> img `[B, N, D]`.
+
+        With a `cache` the policy decides which blocks run (cache.py); `reduce` is how its skip
+        metric is summed across processes (the parallel runtime's; None: this process only).
+        """
+        if cache is not None:
+            return cache.run(self, img, txt, temb, rope, layout, reduce)
+        return self.run_block_range(img, txt, temb, rope, layout)[0]
+
+    def run_block_range(
+        self,
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        temb: torch.Tensor,
+        rope: torch.Tensor,
+        layout: JointLayout,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks [start, stop) of the dual-stream then single-stream stack -> (img `[B, N, D]`, txt `[B, L, D]`)."""
+        attend, dual = self.joint_attention, len(self.transformer_blocks)
+        stop = dual + len(self.single_transformer_blocks) if stop is None else stop
+        for block in self.transformer_blocks[start:stop]:
             img, txt = self._call(block, img, txt, temb, rope, layout, attend)  # [B, N, D], [B, L, D]
-        x = torch.cat([img, txt], dim=1)  # [B, S, D]
-        rope_joint = rope_with_text_identity(rope, txt.shape[1])  # [S, Dh/2] complex
-        for block in self.single_transformer_blocks:
-            x = self._call(block, x, temb, rope_joint, layout, attend)  # [B, S, D]
-        return x[:, : layout.n_img]  # [B, N, D]
+        singles = self.single_transformer_blocks[max(0, start - dual) : max(0, stop - dual)]
+        if len(singles):
+            x = torch.cat([img, txt], dim=1)  # [B, S, D]
+            rope_joint = rope_with_text_identity(rope, txt.shape[1])  # [S, Dh/2] complex
+            for block in singles:
+                x = self._call(block, x, temb, rope_joint, layout, attend)  # [B, S, D]
+            img, txt = x[:, : layout.n_img], x[:, layout.n_img :]  # [B, N, D], [B, L, D]
+        return img, txt
+
+    def block_input(self, img: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """The first block's timestep-modulated video input `[B, N, D]` (TeaCache's signal)."""
+        if len(self.transformer_blocks):
+            return self.transformer_blocks[0].modulated_input(img, temb)
+        return self.single_transformer_blocks[0].modulated_input(img, temb)
 
     def _call(self, block: nn.Module, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -226,19 +262,39 @@ class DiT(nn.Module):
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         attention_backend: str | None = None,
+        weights: str | None = None,
     ) -> DiT:
         """Load a diffusers-format transformer folder (config.json + safetensors, sharded or not).
 
         The model is built on the meta device and every tensor is read straight onto `device` in
         `dtype` (None keeps the stored dtype), so no full-precision host copy is ever made.
         Original Tencent keys (`double_blocks.*`, ...) are converted on the fly.
+        `weights="fp8"` stores the blocks' Linears as float8 with per-channel scales (dit/fp8.py),
+        quantised tensor by tensor as they are read; `dtype` is then the compute dtype.
+        "bf16" / "fp32" are shorthands for that `dtype`.
         """
+        from omnidit.dit import fp8
         from omnidit.dit.checkpoint import load_state_dict, read_config
 
+        if weights is not None and weights not in fp8.WEIGHTS:
+            raise ValueError(f"weights must be one of {list(fp8.WEIGHTS)}, got {weights!r}")
+        if weights in ("bf16", "fp32"):
+            want = torch.bfloat16 if weights == "bf16" else torch.float32
+            if dtype is not None and dtype != want:
+                raise ValueError(f"weights={weights!r} contradicts dtype={dtype}")
+            dtype = want
         config = read_config(path)
         with torch.device("meta"):
             model = cls(config, attention_backend=attention_backend)  # no memory, no init cost
-        state = load_state_dict(path, config, dtype=dtype, device=torch.device(device or "cpu"))
+        transform = None
+        if weights == "fp8":
+            names = list(fp8.fp8_targets(model))
+            fp8.swap_to_fp8(model, names)
+            targets = {f"{n}.weight": n for n in names}
+
+            def transform(key, t):
+                return fp8.quantize_state({key: t}, [targets[key]]) if key in targets else {key: t}
+        state = load_state_dict(path, config, dtype=dtype, device=torch.device(device or "cpu"), transform=transform)
         _check_state_dict(model, state, path)
         model.load_state_dict(state, strict=True, assign=True)
         return model.eval()

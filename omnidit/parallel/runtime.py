@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from omnidit.dit.cache import RowReduce
 from omnidit.dit.embeddings import unpatchify
 from omnidit.parallel.attention import SequenceParallelAttention
 from omnidit.parallel.comm import all_gather, broadcast_object, broadcast_tensor
@@ -48,8 +49,11 @@ class ParallelRuntime:
             dit.set_joint_attention(SequenceParallelAttention(self.state, lambda: dit.attention_backend))
 
     def forward(self, dit, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
-                pooled_projections, guidance=None) -> torch.Tensor:
-        """Same arguments and result as `dit(...)`; every rank passes the same inputs, gets the same output."""
+                pooled_projections, guidance=None, *, cache=None) -> torch.Tensor:
+        """Same arguments and result as `dit(...)`; every rank passes the same inputs, gets the same output.
+
+        `cache` (omnidit/dit/cache.py) sees a `ParallelReduce`: its skip metric is summed over the
+        sp ranks and gathered over the CFG ranks, so every rank skips the same steps."""
         args = (hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, pooled_projections, guidance)
         if self.state.world_size > 1 and torch.is_grad_enabled():
             # the collectives here are not differentiable: gradients would be silently wrong
@@ -57,23 +61,29 @@ class ParallelRuntime:
         cfg = self.state.cfg
         B = hidden_states.shape[0]
         if cfg.world_size == 1 or B % cfg.world_size:  # nothing to split (e.g. no CFG, batch 1): replicate
-            return self._sp_forward(dit, *args)
+            return self._sp_forward(dit, *args, cache=cache, split=False)
         part = B // cfg.world_size
         mine = [_batch_slice(a, B, cfg.rank * part, part) for a in args]
-        out = self._sp_forward(dit, *mine)  # [B / c, C_out, T, H, W]
+        out = self._sp_forward(dit, *mine, cache=cache, split=True)  # [B / c, C_out, T, H, W]
         return all_gather(out, cfg).flatten(0, 1)  # [B, C_out, T, H, W]: the one CFG gather of the step
 
-    def _sp_forward(self, dit, hidden_states, timestep, text, mask, pooled, guidance):
+    def _sp_forward(self, dit, hidden_states, timestep, text, mask, pooled, guidance, *, cache=None,
+                    split: bool = False):
         sp = self.state.sp
-        if sp.world_size == 1:
-            return dit(hidden_states, timestep, text, mask, pooled, guidance=guidance)
         e = dit.embed(hidden_states, timestep, text, mask, pooled, guidance)
+        if sp.world_size == 1:
+            reduce = ParallelReduce(self.state, split, hidden_states.shape[0], None) if cache is not None else None
+            img = dit.run_blocks(e.img, e.txt, e.temb, e.rope, e.layout, cache=cache, reduce=reduce)  # [B, N, D]
+            return unpatchify(dit.project_out(img, e.temb), e.grid, dit.patch)  # [B, C_out, T, H, W]
         spec = ShardSpec(e.img.shape[1], sp.world_size, sp.rank)
         img = split_tokens(e.img, spec)  # [B, chunk, D]
         rope = split_rope(e.rope, spec)  # [chunk, Dh/2]
         layout = ShardedLayout(n_img=spec.chunk, text_lengths=e.layout.text_lengths, max_text=e.layout.max_text,
                                shard=spec)
-        img = dit.run_blocks(img, e.txt, e.temb, rope, layout)  # [B, chunk, D]
+        reduce = None
+        if cache is not None:
+            reduce = ParallelReduce(self.state, split, hidden_states.shape[0], spec.valid(spec.rank))
+        img = dit.run_blocks(img, e.txt, e.temb, rope, layout, cache=cache, reduce=reduce)  # [B, chunk, D]
         out = dit.project_out(img, e.temb)  # [B, chunk, C_out * pt * ph * pw]: gather after the small head
         out = gather_tokens(out, spec, sp)  # [B, N, C_out * pt * ph * pw]
         return unpatchify(out, e.grid, dit.patch)  # [B, C_out, T, H, W]
@@ -109,6 +119,30 @@ class ParallelRuntime:
 
     def _object_device(self):
         return self.device if self.device.type == "cuda" else None
+
+
+class ParallelReduce(RowReduce):
+    """A step cache's metric across processes: per-row sums added over the sp ranks' token chunks
+    (all-gathered and added in rank order, so every rank gets the same bits), then the CFG ranks'
+    batch parts concatenated in rank order (`split`: the CFG axis split the batch)."""
+
+    def __init__(self, state: ParallelState, split: bool, rows: int, valid_tokens: int | None):
+        self.state, self.split, self.rows, self.valid_tokens = state, split, rows, valid_tokens
+
+    def sums(self, x: torch.Tensor) -> torch.Tensor:
+        x = all_gather(x.contiguous(), self.state.sp).sum(0)  # [rows, k]
+        if self.split:
+            x = all_gather(x, self.state.cfg).flatten(0, 1)  # [cfg * rows, k]
+        return x
+
+    def global_rows(self, local_rows: int) -> int:
+        return local_rows * self.state.cfg.world_size if self.split else local_rows
+
+    def local(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.split:
+            return x
+        start = self.state.cfg.rank * self.rows
+        return x[start : start + self.rows]
 
 
 def _batch_slice(x, B: int, start: int, n: int):

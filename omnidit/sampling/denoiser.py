@@ -75,6 +75,11 @@ class Denoiser:
             return cls(forward, cond, uncond=uncond, cfg_scale=true_cfg, dtype=dtype)
         raise ValueError(f"guidance mode must be one of {GUIDANCE_MODES}, got {mode!r}")
 
+    @property
+    def branches(self) -> int:
+        """Copies of the batch in each forward: 2 with true CFG (cond rows, then uncond rows), else 1."""
+        return 2 if self.use_cfg else 1
+
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """x `[B, C, F, H, W]`, sigma `[B]` -> the guided velocity `[B, C, F, H, W]` in fp32."""
         sigma = torch.as_tensor(sigma, device=x.device)

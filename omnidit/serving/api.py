@@ -89,8 +89,12 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/images/generations", response_model=ImagesResponse, tags=["images"],
               summary="Generate n images (synchronous), or stream previews then the image (stream: true)",
-              responses={**_errors(404, 415, 422, 429, 503), 200: {"content": {"text/event-stream": {
-                  "schema": {"$ref": "#/components/schemas/ImageStreamEvent"}}},
+              responses={**_errors(404, 415, 422, 429, 503), 200: {"content": {"text/event-stream": {"schema": {
+                  "type": "object", "required": ["event", "data"], "properties": {
+                      "event": {"enum": ["image_generation.partial_image", "image_generation.completed", "error"]},
+                      "data": {"type": "string", "contentMediaType": "application/json",
+                               "contentSchema": {"$ref": "#/components/schemas/ImageStreamEvent"},
+                               "description": "ImageStreamEvent; for event: error, the JSON error body"}}}}},
                   "description": "JSON (ImagesResponse); with stream: true, Server-Sent Events (ImageStreamEvent)"}})
     async def create_images(request: Request, body: ImageRequest = Body(...)):
         if body.stream:
@@ -104,7 +108,9 @@ def create_app(service: Service) -> FastAPI:
         path, media = service.image_file(image_id)
         return FileResponse(path, media_type=media)
 
-    @app.post("/v1/videos", status_code=202, response_model=VideoJob, responses=_errors(404, 409, 415, 422, 429),
+    @app.post("/v1/videos", status_code=202, response_model=VideoJob, responses={
+                  **_errors(404, 409, 415, 422, 429),
+                  200: {"model": VideoJob, "description": "the job an earlier request with this Idempotency-Key made"}},
               tags=["videos"], summary="Create a video job (202); a repeated Idempotency-Key returns the same job (200)",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": {"$ref": "#/components/schemas/VideoRequest"}},

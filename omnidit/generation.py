@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnidit.files import atomic_path
+from omnidit.safety import labels
 
 import numpy as np
 
@@ -33,7 +34,9 @@ class Generation:
         return self.frames.shape[0] > 1
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write `.png` (one frame) or `.mp4`/`.gif` (any number), atomically (temp file + rename)."""
+        """Write `.png` (one frame) or `.mp4`/`.gif` (any number), atomically (temp file + rename).
+        Every file carries the implicit AIGC label (omnidit/safety/labels.py): `info["aigc"]` when set
+        (the service sets producer and ProduceID), else one naming `info["model"]` with a fresh ProduceID."""
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
@@ -41,8 +44,14 @@ class Generation:
         if suffix in IMAGE_SUFFIXES and self.is_video:
             raise ValueError(f"{self.frames.shape[0]} frames cannot be saved as {suffix}; use .mp4 or .gif")
         with atomic_path(path) as tmp:
-            write_frames(self.frames, tmp, fps=self.fps)
+            write_frames(self.frames, tmp, fps=self.fps, label=self.label())
         return path
+
+    def label(self) -> dict:
+        """The implicit AIGC label its files carry."""
+        if "aigc" not in self.info:
+            self.info["aigc"] = labels.aigc_label(model=self.info.get("model"))
+        return self.info["aigc"]
 
     def to_bytes(self, fmt: str) -> bytes:
         """Encode to `png`, `mp4` or `gif` bytes (for HTTP responses)."""
@@ -51,17 +60,13 @@ class Generation:
             return p.read_bytes()
 
 
-def write_frames(frames: np.ndarray, path: str | os.PathLike, *, fps: int = 8) -> None:
+def write_frames(frames: np.ndarray, path: str | os.PathLike, *, fps: int = 8, label: dict | None = None) -> None:
+    """`label`: the implicit AIGC label to write in the file's metadata (None: none)."""
     suffix = Path(path).suffix.lower()
     if suffix in IMAGE_SUFFIXES:
-        from PIL import Image
-
-        Image.fromarray(frames[0]).save(path)
+        labels.save_image(frames[0], path, suffix[1:], label)
     elif suffix == ".gif":
-        from PIL import Image
-
-        images = [Image.fromarray(f) for f in frames]
-        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+        labels.save_gif(frames, path, fps, label)
     elif suffix == ".mp4":
         import imageio.v2 as imageio
 
@@ -72,6 +77,7 @@ def write_frames(frames: np.ndarray, path: str | os.PathLike, *, fps: int = 8) -
         writer = imageio.get_writer(
             path, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=9,
             pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+            output_params=labels.mp4_output_params(label),
         )
         try:
             for f in frames:

@@ -25,6 +25,7 @@ FLOORS = {
     "sampling": 1,  # schedules, samplers, the denoiser convention
     "tokenizers": 1,  # text encoders and the video VAE
     "parallel": 2,  # process groups and sequence-parallel attention under dit/'s hook
+    "safety": 1,  # content policy, moderation hook, audit log, AIGC labels (used by generation.py and up)
     "pipeline": 3,  # pipeline.py, pipeline_*.py, generation.py, model_folder.py
     "shapes": 3,  # the procedural world beside the pipeline (it evaluates one; never imports it)
     "training": 4,

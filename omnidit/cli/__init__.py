@@ -11,10 +11,11 @@ import argparse
 
 from omnidit.cli import batch, demo, distill, generate, serve, train, up
 from omnidit.cli import eval as evaluate
+from omnidit.cli import verify
 from omnidit.cli.common import Parser, run_command
 
 COMMANDS = {"generate": generate, "up": up, "serve": serve, "demo": demo, "batch": batch, "train": train,
-            "eval": evaluate, "distill": distill}
+            "eval": evaluate, "distill": distill, "verify": verify}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -1,4 +1,7 @@
-"""Job store, output files and the job runner, without Ray or a model (fast)."""
+"""Job store, output files and the job runner, without Ray or a model (fast).
+
+The store tests run on both back ends: SQLite, and a real PostgreSQL server started for the session
+(tests/pg_server.py; skipped, with the reason, where none can be started)."""
 
 from __future__ import annotations
 
@@ -22,14 +25,47 @@ PARAMS = {"width": 32, "height": 32, "frames": 5, "fps": 8, "steps": 3, "guidanc
           "negative_prompt": None, "seed": 7}
 
 
+@pytest.fixture(scope="session")
+def pg_url():
+    import pg_server
+
+    reason = pg_server.unavailable_reason()
+    if reason:
+        pytest.skip(f"PostgreSQL job-store tests skipped: {reason}")
+    with pg_server.postgres_server() as url:
+        yield url
+
+
+_db_count = [0]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A fresh, empty job store URL on each back end."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.db'}"
+    import pg_server
+
+    _db_count[0] += 1
+    return pg_server.fresh_database(request.getfixturevalue("pg_url"), f"jobs_{os.getpid()}_{_db_count[0]}")
+
+
 @pytest.fixture
-def store(tmp_path):
+def store(store_url):
+    s = open_store(store_url, retention_s=3600, max_attempts=2)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
     s = SQLiteJobStore(tmp_path / "jobs.db", retention_s=3600, max_attempts=2)
     yield s
     s.close()
 
 
-def test_wal_mode_and_durable_before_return(store, tmp_path):
+def test_wal_mode_and_durable_before_return(sqlite_store, tmp_path):
+    store = sqlite_store
     assert store.journal_mode == "wal"
     job, created = store.create("a red circle", PARAMS)
     assert created and job.status == "queued" and job.progress == 0 and job.attempts == 0
@@ -76,13 +112,13 @@ def test_claim_fifo_lease_and_heartbeat(store):
     assert store.claim("w3", 10, now=207.0) is None
 
 
-def test_concurrent_claims_never_share_a_job(tmp_path):
-    setup = SQLiteJobStore(tmp_path / "jobs.db", retention_s=60)
+def test_concurrent_claims_never_share_a_job(store_url):
+    setup = open_store(store_url, retention_s=60)
     ids = {setup.create(f"p{i}", PARAMS)[0].id for i in range(30)}
     claimed: list[str] = []
 
     def worker(name):
-        s = SQLiteJobStore(tmp_path / "jobs.db", retention_s=60)  # its own connection, like another process
+        s = open_store(store_url, retention_s=60)  # its own connection, like another process
         while (job := s.claim(name, 60)) is not None:
             claimed.append(job.id)
         s.close()
@@ -218,8 +254,13 @@ def test_settings_validation():
 # -- runner -------------------------------------------------------------------------------------
 
 class FakeGeneration:
+    frames = [__import__("numpy").zeros((8, 8, 3), "uint8")]  # the runner saves frame 0 as the thumbnail
+
     def __init__(self, data: bytes):
         self.data = data
+
+    def label(self):  # no AIGC label metadata
+        return None
 
     def save(self, path):
         write_atomic(Path(path), self.data)
@@ -339,3 +380,77 @@ def test_cancelled_is_what_samplers_propagate():
 
     with pytest.raises(Cancelled):
         sample_euler(lambda x, s: torch.zeros_like(x), torch.zeros(1, 2), torch.linspace(1, 0, 6), callback=cb)
+
+
+# -- two service processes sharing one store ------------------------------------------------------
+
+_WORKER = """
+import sys, time
+from omnidit.serving.files import OutputDir
+from omnidit.serving.jobs import open_store
+from omnidit.serving.runner import JobRunner
+
+url, data, owner, step_s = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+
+class Gen:  # a 'video' of 10 steps, step_s seconds each
+    def save(self, path):
+        open(path, "wb").write(b"mp4 by " + owner.encode())
+    frames = [__import__("numpy").zeros((8, 8, 3), "uint8")]
+    def label(self):
+        return None
+
+def generate(job, callback):
+    for i in range(10):
+        time.sleep(step_s)
+        callback(i + 1, 10, None)
+    return Gen()
+
+runner = JobRunner(open_store(url, retention_s=3600, max_attempts=3), OutputDir(data), generate, lease_s=1.5,
+                   poll_s=0.1, owner=owner)
+print("ready", flush=True)
+runner.run_forever()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_job_leased_by_a_killed_process_is_finished_by_the_other(store_url, tmp_path):
+    """Two worker processes on one store: the first takes the job and is killed (SIGKILL, no release);
+    once its lease expires the second reaps it and finishes it, on SQLite and on PostgreSQL alike."""
+    import signal
+    import subprocess
+    import sys
+
+    store = open_store(store_url, retention_s=3600, max_attempts=3)
+    job, _ = store.create("p", PARAMS)
+    data = tmp_path / "data"
+
+    def start(owner, step_s):
+        return subprocess.Popen([sys.executable, "-c", _WORKER, store_url, str(data), owner, str(step_s)],
+                                stdout=subprocess.PIPE, text=True)
+
+    first = start("first", 0.5)
+    try:
+        assert first.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 30
+        while (j := store.get(job.id)).status != "in_progress" or j.progress < 10:
+            assert time.monotonic() < deadline, j
+            time.sleep(0.05)
+        assert j.lease_owner == "first" and j.attempts == 1
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        second = start("second", 0.05)
+        try:
+            assert second.stdout.readline().strip() == "ready"
+            deadline = time.monotonic() + 40
+            while (j := store.get(job.id)).status != "completed":
+                assert time.monotonic() < deadline and j.status in ("in_progress", "queued"), j
+                time.sleep(0.1)
+        finally:
+            second.kill()
+            second.wait(10)
+    finally:
+        first.kill()
+        first.wait(10)
+    assert j.attempts == 2 and j.error is None and j.progress == 100
+    assert OutputDir(data).video_path(job.id).read_bytes() == b"mp4 by second"
+    store.close()

@@ -50,4 +50,6 @@ def calibrate_model(name_or_dir: str | os.PathLike | None, *, device=None, out: 
     folder = open_model(name_or_dir)
     pipe = Pipeline.from_pretrained(folder.path, device=device)
     calibration = calibrate(pipe, **kwargs)
-    return write_cache_calibration(Path(out) if out is not None else folder.path, calibration), calibration
+    target = Path(out) if out is not None else folder.path
+    target.mkdir(parents=True, exist_ok=True)
+    return write_cache_calibration(target, calibration), calibration

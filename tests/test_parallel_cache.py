@@ -8,6 +8,7 @@ lengths x cond/uncond, 27 video tokens: padding on every degree) through `Parall
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -71,7 +72,7 @@ def worker(rank: int, ports: list[int], out_dir: str) -> None:
         runtime = ParallelRuntime(state)
         try:
             runtime.attach(dit)
-            forward = lambda *a, cache: runtime.forward(dit, *a, cache=cache)  # noqa: E731
+            forward = functools.partial(runtime.forward, dit)
             for name, cache in make_caches().items():
                 if name == "magcache" and (u, r, c) not in CASES[:3]:
                     continue  # data-independent decisions: a few cases suffice

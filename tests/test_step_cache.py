@@ -54,7 +54,7 @@ def test_skipped_steps_reuse_the_residual_and_still_call_back(tiny_pipe):
         counter = BlockCalls(tiny_pipe.dit)
         try:
             got = tiny_pipe.generate_latents(PROMPTS[:1], seeds=[3], steps=steps, cache=cache,
-                                             callback=lambda i, n, x: seen.append(i))[0]
+                                             callback=lambda i, n, x, seen=seen: seen.append(i))[0]
         finally:
             counter.close()
         computed = sum(cache.computed)
@@ -95,6 +95,54 @@ def test_decisions_are_per_sample_so_batching_does_not_change_a_sample(tiny_pipe
     assert c.per_sample.tolist() == [n for _, n in alone]
     for i, (x, _) in enumerate(alone):
         assert_rel_close(both[i : i + 1], x, 1e-5)
+
+
+class RecordingPipe:
+    """The tiny pipeline, recording each `generate_many` call's batch size and cache."""
+
+    def __init__(self, pipe):
+        self.pipe, self.calls = pipe, []
+
+    def generate_many(self, prompts, **kwargs):
+        self.calls.append((len(prompts), kwargs.get("cache")))
+        return self.pipe.generate_many(prompts, **kwargs)
+
+
+def test_requests_with_different_cache_never_share_a_batch(tiny_pipe):
+    from omnidit.serving.engine import run_image_batch
+    from omnidit.serving.schemas import ImageRequest, ModelInfo, resolve_image
+
+    info = ModelInfo.from_pipeline(tiny_pipe)
+    specs = ["fbcache", "fbcache:0.1", "none", None, "magcache:0.2"]
+    payloads = [resolve_image(ImageRequest(prompt="a red circle", size="32x32", steps=2, seed=i, cache=c), info,
+                              max_images=8, max_steps=10) for i, c in enumerate(specs)]
+    assert [p["cache"] for p in payloads] == ["fbcache:0.1", "fbcache:0.1", "none", None, "magcache:0.2"]
+    rec = RecordingPipe(tiny_pipe)
+    results = run_image_batch(rec, payloads)
+    assert sorted(rec.calls, key=str) == sorted([(2, "fbcache:0.1"), (1, "none"), (1, None), (1, "magcache:0.2")],
+                                                key=str)
+    assert [len(r["images"]) for r in results[:4]] == [1, 1, 1, 1]
+    assert results[4]["error"]["param"] == "cache"  # uncalibrated magcache: a 422 naming the field
+
+
+def test_http_and_batch_lines_check_the_cache_field():
+    from omnidit.batch.lines import BatchItem, parse_line
+    from omnidit.serving.errors import ApiError
+    from omnidit.serving.schemas import ImageRequest, ModelInfo, resolve_image
+
+    item = parse_line('{"prompt": "a cat", "cache": "teacache"}', 1)
+    assert isinstance(item, BatchItem) and item.cache == "teacache:0.1"
+    other = parse_line('{"prompt": "a cat", "cache": "teacache:0.2"}', 2)
+    assert item.group_key != other.group_key
+    plain = parse_line('{"prompt": "a cat"}', 3)
+    assert plain.cache is None and "cache" not in str(plain.fingerprint("m"))
+    bad = parse_line('{"prompt": "a cat", "cache": "lru"}', 4)
+    assert "cache" in bad.message and "fbcache" in bad.message
+    info = ModelInfo(id="m", name="m", width=32, height=32, max_width=64, max_height=64, max_frames=17, temporal_ratio=4,
+                     size_multiple=16, fps=8, steps=3, guidance=3.0)
+    with pytest.raises(ApiError) as e:
+        resolve_image(ImageRequest(prompt="a", cache="fbcache:-1"), info, max_images=4, max_steps=10)
+    assert e.value.status == 422 and e.value.param == "cache"
 
 
 def test_spec_parsing_names_the_field_and_allowed_values():

@@ -1,9 +1,9 @@
 """Prompt lines of a batch job: JSON objects -> typed `BatchItem`s, or `LineError`s naming the line.
 
 A line is `{"id"?, "prompt", "frames"?, "size"? ("WxH"), "seed"?, "steps"?, "guidance"?,
-"negative_prompt"?}`. Fields are checked by the request contract (`omnidit.request`); with the
-model's temporal ratio (the runner passes it) frame counts are checked here too, and the model's
-other limits (size multiple, max frames) by `Pipeline.check` on the worker.
+"negative_prompt"?, "cache"? (a step-cache SPEC)}`. Fields are checked by the request contract
+(`omnidit.request`); with the model's temporal ratio (the runner passes it) frame counts are
+checked here too, and the model's other limits (size multiple, max frames) by `Pipeline.check` on the worker.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from omnidit.request import (
     check_prompt,
     check_seed,
     check_steps,
+    parse_cache,
     parse_size,
 )
 
-KEYS = ("id", "prompt", "frames", "size", "seed", "steps", "guidance", "negative_prompt")
+KEYS = ("id", "prompt", "frames", "size", "seed", "steps", "guidance", "negative_prompt", "cache")
 ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
@@ -42,6 +43,7 @@ class BatchItem:
     steps: int | None = None
     guidance: float | None = None
     negative_prompt: str | None = None
+    cache: str | None = None  # normalised SPEC ("fbcache" -> "fbcache:0.1"), None: the model's default
 
     @property
     def suffix(self) -> str:
@@ -54,16 +56,18 @@ class BatchItem:
     @property
     def group_key(self) -> tuple:
         """Items with equal keys can share one `generate_many` call (all its shared arguments)."""
-        return (self.frames, self.width, self.height, self.steps, self.guidance, self.negative_prompt)
+        return (self.frames, self.width, self.height, self.steps, self.guidance, self.negative_prompt, self.cache)
 
     def params(self) -> dict:
         return {"frames": self.frames, "width": self.width, "height": self.height, "steps": self.steps,
-                "guidance": self.guidance, "negative_prompt": self.negative_prompt}
+                "guidance": self.guidance, "negative_prompt": self.negative_prompt, "cache": self.cache}
 
     def fingerprint(self, model: str) -> str:
         """What the output depends on: a rerun skips an id only when this is unchanged."""
         d = asdict(self)
         d.pop("line")  # moving a line within the file does not change its output
+        if d["cache"] is None:
+            d.pop("cache")  # lines without a cache keep the fingerprints they had before the key existed
         return _sha1({"item": d, "model": model})
 
     def to_dict(self) -> dict:
@@ -134,6 +138,7 @@ def parse_line(text: str, line: int, *, temporal_ratio: int | None = None) -> Ba
             steps=check_steps(obj["steps"]) if obj.get("steps") is not None else None,
             guidance=check_guidance(obj["guidance"]) if obj.get("guidance") is not None else None,
             negative_prompt=check_negative_prompt(obj.get("negative_prompt")),
+            cache=str(parse_cache(obj["cache"])) if obj.get("cache") is not None else None,
         )
     except ValueError as e:
         return err(str(e), raw_id, raw_prompt)

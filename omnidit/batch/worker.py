@@ -24,7 +24,7 @@ def generate_chunk(pipe, items: list[BatchItem]) -> list[tuple[dict, bytes]]:
         gens = pipe.generate_many(
             [it.prompt for it in items], seeds=[it.seed for it in items], frames=first.frames,
             height=first.height, width=first.width, steps=first.steps, guidance=first.guidance,
-            negative_prompt=first.negative_prompt,
+            negative_prompt=first.negative_prompt, cache=first.cache,
         )
     except Exception as e:  # noqa: BLE001 - every failure is reported per item, the job goes on
         return [(_error(it, e, time.perf_counter() - t0), b"") for it in items]

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default=None, metavar="SPEC",
+                   help='step caching: fbcache, teacache or magcache, optionally ":THRESHOLD"; none: off '
+                        "(default: the model's own; teacache/magcache need `omnidit calibrate-cache` once)")
     p.add_argument("--out", default=None, help="output path: .png for one frame, .mp4 or .gif for video")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--attention-backend", default=None,
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             if args.attention_backend is not None:
                 pipe.dit.set_attention_backend(args.attention_backend)
             req = pipe.check(frames=args.frames, height=args.height, width=args.width, steps=args.steps,
-                             guidance=args.guidance, negative_prompt=args.negative_prompt)
+                             guidance=args.guidance, negative_prompt=args.negative_prompt, cache=args.cache)
         except ValueError as e:
             raise UserError(str(e)) from None
         writer = parallel is None or parallel.is_output_rank
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         with tqdm(total=req.steps, desc="denoising", unit="step", file=sys.stderr, disable=not writer) as bar:
             gen = pipe.generate(args.prompt, frames=args.frames, height=args.height, width=args.width,
                                 steps=args.steps, guidance=args.guidance, negative_prompt=args.negative_prompt,
-                                seed=args.seed, callback=lambda i, n, x: bar.update(1))
+                                seed=args.seed, cache=args.cache, callback=lambda i, n, x: bar.update(1))
         if writer:
             gen.save(out)
             print(out)

@@ -50,7 +50,8 @@ log = logging.getLogger("omnidit.serving")
 
 def _group_key(p: dict) -> tuple:
     """Requests with equal keys can share one `generate_many` call (same shapes, same schedule)."""
-    return (p["width"], p["height"], p["steps"], float(p["guidance"]), p.get("negative_prompt"))
+    # cache: requests with different step-cache settings never share a forward (resolve_* normalised it)
+    return (p["width"], p["height"], p["steps"], float(p["guidance"]), p.get("negative_prompt"), p.get("cache"))
 
 
 def _seeds(p: dict) -> list[int]:
@@ -76,7 +77,7 @@ def run_image_batch(pipe, payloads: list[dict], *, max_images: int = 16) -> list
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(payloads):
         groups.setdefault(_group_key(p), []).append(i)
-    for (width, height, steps, guidance, negative), idxs in groups.items():
+    for (width, height, steps, guidance, negative, cache), idxs in groups.items():
         items = [(i, payloads[i]["prompt"], s) for i in idxs for s in _seeds(payloads[i])]
         for i in idxs:
             results[i] = {"images": [], "seeds": [], "steps": steps, "denoise_s": 0.0, "batch": 0}
@@ -86,7 +87,7 @@ def run_image_batch(pipe, payloads: list[dict], *, max_images: int = 16) -> list
                 t0, marks = time.perf_counter(), []
                 gens = pipe.generate_many(
                     [c[1] for c in chunk], seeds=[c[2] for c in chunk], frames=1, height=height, width=width,
-                    steps=steps, guidance=guidance, negative_prompt=negative,
+                    steps=steps, guidance=guidance, negative_prompt=negative, cache=cache,
                     callback=lambda step, total, x: marks.append(time.perf_counter()))
                 denoise = _denoise_seconds(t0, marks)
                 for i in {c[0] for c in chunk}:
@@ -148,7 +149,7 @@ def run_image_stream(pipe, p: dict, emit: Callable[[dict], None], stopped: threa
     try:
         g = pipe.generate_many([p["prompt"]], seeds=[seed], frames=1, height=p["height"], width=p["width"],
                                steps=p["steps"], guidance=p["guidance"], negative_prompt=p.get("negative_prompt"),
-                               preview=preview)[0]
+                               preview=preview, cache=p.get("cache"))[0]
         emit({"type": "completed", "image": encode_image(g.frames[0], fmt, compression), "seed": seed,
               "steps": p["steps"], "denoise_s": _denoise_seconds(t0, marks)})
     except Cancelled:
@@ -261,7 +262,7 @@ class GeneratorEngine:
             gen = self.pipe.generate_many(
                 [job.prompt], seeds=[p["seed"]], frames=p["frames"], height=p["height"], width=p["width"],
                 steps=p["steps"], guidance=p["guidance"], negative_prompt=p.get("negative_prompt"),
-                callback=callback)[0]
+                callback=callback, cache=p.get("cache"))[0]
         gen.fps = p["fps"]
         return gen
 

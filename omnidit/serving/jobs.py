@@ -100,7 +100,7 @@ class Job:
             "finished_at": ts(self.finished_at), "expires_at": ts(self.expires_at),
             "prompt": self.prompt, "size": f"{p['width']}x{p['height']}", "frames": p["frames"], "fps": p["fps"],
             "seconds": round(p["frames"] / p["fps"], 3), "seed": p["seed"], "steps": p["steps"],
-            "guidance": p["guidance"], "negative_prompt": p.get("negative_prompt"),
+            "guidance": p["guidance"], "negative_prompt": p.get("negative_prompt"), "cache": p.get("cache"),
             "attempts": self.attempts, "error": self.error,
         }
 

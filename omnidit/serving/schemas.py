@@ -27,6 +27,7 @@ from omnidit.request import (  # the request contract's limits, shared with Pipe
     check_side,
     check_steps,
 )
+from omnidit.request import parse_cache
 from omnidit.request import parse_size as parse_size_text
 
 MAX_N = 8
@@ -34,6 +35,8 @@ IMAGE_FORMATS = ("png", "jpeg", "webp")  # output_format values honoured; media 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MAX_SECONDS = 600.0
 DEFAULT_SECONDS = 2.0
+CACHE_FIELD = ('step caching: "fbcache", "teacache" or "magcache", optionally ":<threshold>"; "none" turns off '
+               "the model's default; teacache and magcache need the model's calibration (omnidit calibrate-cache)")
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class ImageRequest(_Body):
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="default: the model's own")
     guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    cache: str | None = Field(None, description=CACHE_FIELD, examples=["fbcache", "teacache:0.15"])
     response_format: Literal["b64_json", "url"] = "b64_json"
     model: str | None = Field(None, description="must name the served model when given")
     # OpenAI's images fields (README "Using the OpenAI Python client" has the honoured/ignored/refused table).
@@ -128,6 +132,7 @@ class VideoRequest(_Body):
     steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    cache: str | None = Field(None, description=CACHE_FIELD, examples=["fbcache", "magcache:0.1"])
     model: str | None = None
     user: str | None = Field(None, max_length=256)
     input_reference: str | dict | None = Field(
@@ -198,9 +203,18 @@ def resolve_image(req: ImageRequest, info: ModelInfo, *, max_images: int, max_st
     return {"prompt": req.prompt, "n": req.n, "width": width, "height": height,
             "steps": _steps(req.steps, info, max_steps),
             "guidance": info.guidance if req.guidance is None else req.guidance,
-            "negative_prompt": req.negative_prompt, "seed": req.seed,
+            "negative_prompt": req.negative_prompt, "seed": req.seed, "cache": _cache(req.cache),
             "output_format": req.output_format, "output_compression": req.output_compression,
             "partial_images": (1 if req.partial_images is None else req.partial_images) if req.stream else 0}
+
+
+def _cache(spec: str | None) -> str | None:
+    """A request's cache SPEC in one spelling ("fbcache" -> "fbcache:0.1"), so equal settings batch together."""
+    try:
+        parsed = parse_cache(spec)
+    except RequestError as e:
+        raise request_error(e) from None
+    return None if parsed is None else str(parsed)
 
 
 def _refuse(param: str, message: str) -> ApiError:
@@ -250,7 +264,7 @@ def resolve_video(req: VideoRequest, info: ModelInfo, *, max_steps: int) -> dict
     return {"width": width, "height": height, "frames": frames, "fps": fps,
             "steps": _steps(req.steps, info, max_steps),
             "guidance": info.guidance if req.guidance is None else req.guidance,
-            "negative_prompt": req.negative_prompt,
+            "negative_prompt": req.negative_prompt, "cache": _cache(req.cache),
             "seed": random.randrange(MAX_SEED) if req.seed is None else req.seed}
 
 
@@ -308,6 +322,7 @@ class VideoJob(BaseModel):
     steps: int
     guidance: float
     negative_prompt: str | None
+    cache: str | None = Field(None, description="the step-cache SPEC the job runs with (null: the model's default)")
     attempts: int = Field(description="replicas that started this job (>1 after a replica died)")
     error: dict | None = Field(description="{code, message} when failed")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -56,20 +57,41 @@ def weight_files(path: str | Path) -> list[Path]:
     )
 
 
+TensorTransform = Callable[[str, torch.Tensor], dict[str, torch.Tensor]]
+
+
 def load_state_dict(
-    path: str | Path, config: DiTConfig, *, dtype: torch.dtype | None, device: torch.device
+    path: str | Path, config: DiTConfig, *, dtype: torch.dtype | None, device: torch.device,
+    transform: TensorTransform | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All tensors of a folder in diffusers keys, each read straight onto `device` and cast to `dtype`
-    one at a time (peak extra memory: one tensor)."""
+    """All tensors of a folder in diffusers keys, each read straight onto `device` (memory-mapped,
+    shard by shard) and cast to `dtype` one at a time (peak extra memory: one tensor).
+
+    `transform(key, tensor) -> {key: tensor, ...}` runs on each tensor as it is read (e.g. FP8
+    quantisation), so the full-precision copy of the model never exists; original Tencent
+    checkpoints are converted first and transformed after."""
+    files = weight_files(path)
+    keys = []
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            keys.extend(f.keys())
+    original = is_original_state_dict(dict.fromkeys(keys))
+    per_tensor = transform if not original else None
     where = _safetensors_device(device)
     state: dict[str, torch.Tensor] = {}
-    for file in weight_files(path):
+    for file in files:
         with safe_open(str(file), framework="pt", device=where) as f:
             for key in f.keys():
                 t = f.get_tensor(key)
-                state[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
-    if is_original_state_dict(state):
+                t = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+                if per_tensor is None:
+                    state[key] = t
+                else:
+                    state.update(per_tensor(key, t))
+    if original:
         state = original_to_diffusers(state, config)
+        if transform is not None:
+            state = {k2: v2 for k, v in state.items() for k2, v2 in transform(k, v).items()}
     return state
 
 

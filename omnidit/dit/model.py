@@ -262,19 +262,39 @@ class DiT(nn.Module):
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         attention_backend: str | None = None,
+        weights: str | None = None,
     ) -> DiT:
         """Load a diffusers-format transformer folder (config.json + safetensors, sharded or not).
 
         The model is built on the meta device and every tensor is read straight onto `device` in
         `dtype` (None keeps the stored dtype), so no full-precision host copy is ever made.
         Original Tencent keys (`double_blocks.*`, ...) are converted on the fly.
+        `weights="fp8"` stores the blocks' Linears as float8 with per-channel scales (dit/fp8.py),
+        quantised tensor by tensor as they are read; `dtype` is then the compute dtype.
+        "bf16" / "fp32" are shorthands for that `dtype`.
         """
+        from omnidit.dit import fp8
         from omnidit.dit.checkpoint import load_state_dict, read_config
 
+        if weights is not None and weights not in fp8.WEIGHTS:
+            raise ValueError(f"weights must be one of {list(fp8.WEIGHTS)}, got {weights!r}")
+        if weights in ("bf16", "fp32"):
+            want = torch.bfloat16 if weights == "bf16" else torch.float32
+            if dtype is not None and dtype != want:
+                raise ValueError(f"weights={weights!r} contradicts dtype={dtype}")
+            dtype = want
         config = read_config(path)
         with torch.device("meta"):
             model = cls(config, attention_backend=attention_backend)  # no memory, no init cost
-        state = load_state_dict(path, config, dtype=dtype, device=torch.device(device or "cpu"))
+        transform = None
+        if weights == "fp8":
+            names = list(fp8.fp8_targets(model))
+            fp8.swap_to_fp8(model, names)
+            targets = {f"{n}.weight": n for n in names}
+
+            def transform(key, t):
+                return fp8.quantize_state({key: t}, [targets[key]]) if key in targets else {key: t}
+        state = load_state_dict(path, config, dtype=dtype, device=torch.device(device or "cpu"), transform=transform)
         _check_state_dict(model, state, path)
         model.load_state_dict(state, strict=True, assign=True)
         return model.eval()

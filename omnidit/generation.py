@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ class Generation:
     def save(self, path: str | os.PathLike) -> Path:
         """Write `.png` (one frame) or `.mp4`/`.gif` (any number), atomically (temp file + rename).
         Every file carries the implicit AIGC label (omnidit/safety/labels.py): `info["aigc"]` when set
-        (the service sets producer and ProduceID), else one naming `info["model"]` with a fresh ProduceID."""
+        (the service sets producer and ProduceID), else one naming `info["model"]` with a ProduceID hashed from the content."""
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
@@ -50,7 +51,10 @@ class Generation:
     def label(self) -> dict:
         """The implicit AIGC label its files carry."""
         if "aigc" not in self.info:
-            self.info["aigc"] = labels.aigc_label(model=self.info.get("model"))
+            # ProduceID from the content: unique per output, yet the same output saved twice (a resumed
+            # batch job) gives the same bytes.
+            digest = hashlib.sha256(self.frames.tobytes() + repr(sorted(self.info.items())).encode()).hexdigest()
+            self.info["aigc"] = labels.aigc_label(model=self.info.get("model"), produce_id=digest[:32])
         return self.info["aigc"]
 
     def to_bytes(self, fmt: str) -> bytes:

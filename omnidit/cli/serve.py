@@ -48,6 +48,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add("--retention", field="retention_s", type=str,
           help="delete outputs and job records this long after they finish (seconds, or 90s, 15m, 24h, 7d)")
     s.add("--log-prompts", help="include prompt text in logs (off: privacy)")
+    s.add("--store-prompts", choices=("full", "hash"),
+          help="hash: a finished video job's record keeps a keyed hash of the prompt, not the text")
+    s.add("--moderation", metavar="FILE",
+          help="a JSON/YAML content policy: prompts checked at the ingress, outputs on the replicas")
+    s.add("--audit-log", metavar="FILE", help="moderation decisions as JSON lines (default: DATA_DIR/audit.jsonl)")
+    s.add("--label-producer", help="ContentProducer of the AIGC label every output carries")
+    s.add("--visible-label", metavar="TEXT", help="draw TEXT in a corner of every output (public deployments)")
+    s.add("--visible-label-frames", choices=("ends", "all"), help="video frames the visible label goes on")
+    s.add("--visible-label-font", metavar="TTF", help="a TrueType font for the visible label (needed for CJK text)")
     s.add("--job-store", help="postgresql://... to share jobs across nodes (default: SQLite in --data-dir)")
     s.add("--lease-seconds", field="lease_s", type=float,
           help="a job whose replica is silent this long is resumed elsewhere")
@@ -70,6 +79,10 @@ def settings(args: argparse.Namespace) -> ServeSettings:
             batch_wait_s=args.batch_wait_ms / 1000, ulysses_degree=args.ulysses_degree,
             ring_degree=args.ring_degree, cfg_parallel=args.cfg_parallel)
         check_supported(s)
+        if s.moderation is not None:  # a bad policy fails here, in one line, before Ray starts
+            from omnidit.safety import load_policy
+
+            load_policy(s.moderation)
         if (args.device or "").startswith("cuda") and gpus < 1:
             raise ValueError(f"--device cuda needs --gpus-per-replica {workers} "
                              "(Ray hides GPUs from replicas without one)")

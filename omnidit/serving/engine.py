@@ -26,7 +26,9 @@ from typing import Protocol
 import numpy as np
 
 from omnidit.request import MAX_SEED, RequestError
+from omnidit.safety import ContentBlocked
 from omnidit.sampling import Cancelled
+from omnidit.serving import content
 from omnidit.serving.files import OutputDir
 from omnidit.serving.jobs import Job, open_store
 from omnidit.serving.runner import DeviceGate, JobRunner
@@ -67,12 +69,17 @@ def _denoise_seconds(t0: float, marks: list[float]) -> float:
     return (marks[-1] - t0) if marks else 0.0
 
 
-def run_image_batch(pipe, payloads: list[dict], *, max_images: int = 16) -> list[dict]:
+def run_image_batch(pipe, payloads: list[dict], *, max_images: int = 16,
+                    finish: Callable[[np.ndarray, dict], bytes] | None = None) -> list[dict]:
     """Run image requests (resolved payloads), batching compatible ones; one result dict per payload.
 
     A result is `{"images": [png bytes], "seeds", "steps", "denoise_s", "batch"}` or
-    `{"error": {"status", "message", "param"}}`; a bad group never fails the others.
+    `{"error": {"status", "message", "param", "code"?}}`; a bad group never fails the others.
+    `finish(frame, payload) -> bytes` moderates, labels and encodes one image (default: encode only);
+    a `ContentBlocked` from it fails that request alone with a 400 `content_policy_violation`.
     """
+    finish = finish or (lambda frame, p: encode_image(frame, p.get("output_format", "png"),
+                                                      p.get("output_compression")))
     results: list[dict | None] = [None] * len(payloads)
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(payloads):
@@ -90,12 +97,17 @@ def run_image_batch(pipe, payloads: list[dict], *, max_images: int = 16) -> list
                     steps=steps, guidance=guidance, negative_prompt=negative, cache=cache,
                     callback=lambda step, total, x: marks.append(time.perf_counter()))
                 denoise = _denoise_seconds(t0, marks)
-                for i in {c[0] for c in chunk}:
+                for i in {c[0] for c in chunk} - {i for i in idxs if "error" in results[i]}:
                     results[i]["denoise_s"] += denoise
                     results[i]["batch"] = max(results[i]["batch"], len(chunk))
                 for (i, _, seed), g in zip(chunk, gens):
-                    results[i]["images"].append(encode_image(g.frames[0], payloads[i].get("output_format", "png"),
-                                                             payloads[i].get("output_compression")))
+                    if "error" in results[i]:  # an earlier image of this request was blocked
+                        continue
+                    try:
+                        results[i]["images"].append(finish(g.frames[0], payloads[i]))
+                    except ContentBlocked as e:
+                        results[i] = {"error": content.blocked_result(e)}
+                        continue
                     results[i]["seeds"].append(seed)
         except ValueError as e:  # a RequestError names its field; another ValueError names none
             param = request_error(e).param if isinstance(e, RequestError) else None
@@ -126,14 +138,17 @@ def preview_steps(total: int, n: int) -> list[int]:
     return [round(total * (k + 1) / (n + 1)) for k in range(n)]
 
 
-def run_image_stream(pipe, p: dict, emit: Callable[[dict], None], stopped: threading.Event | None = None) -> None:
+def run_image_stream(pipe, p: dict, emit: Callable[[dict], None], stopped: threading.Event | None = None,
+                     finish: Callable[[np.ndarray, dict], bytes] | None = None) -> None:
     """One image (resolved payload, n=1), emitting `{"type": "partial", "index", "step", "seed", "image"}` for
     `p["partial_images"]` previews of the clean estimate x0 at evenly spaced steps, then
     `{"type": "completed", "image", "seed", "steps", "denoise_s"}`, or `{"type": "error", "error"}`.
-    `stopped` set (the client went away) ends the generation at the next step."""
+    `stopped` set (the client went away) ends the generation at the next step. `finish` as in
+    `run_image_batch`: previews are outputs too, so each is moderated and labelled like the image."""
     seed = _seeds(dict(p, n=1))[0]
     wanted = set(preview_steps(p["steps"], p.get("partial_images", 0)))
     fmt, compression = p.get("output_format", "png"), p.get("output_compression")
+    finish = finish or (lambda frame, p: encode_image(frame, fmt, compression))
     t0, marks, index = time.perf_counter(), [], [0]
 
     def preview(step: int, total: int, x0) -> None:
@@ -142,18 +157,19 @@ def run_image_stream(pipe, p: dict, emit: Callable[[dict], None], stopped: threa
             raise Cancelled()
         if step in wanted:
             frame = pipe.decode(x0)[0][0]
-            emit({"type": "partial", "index": index[0], "step": step, "seed": seed,
-                  "image": encode_image(frame, fmt, compression)})
+            emit({"type": "partial", "index": index[0], "step": step, "seed": seed, "image": finish(frame, p)})
             index[0] += 1
 
     try:
         g = pipe.generate_many([p["prompt"]], seeds=[seed], frames=1, height=p["height"], width=p["width"],
                                steps=p["steps"], guidance=p["guidance"], negative_prompt=p.get("negative_prompt"),
                                preview=preview, cache=p.get("cache"))[0]
-        emit({"type": "completed", "image": encode_image(g.frames[0], fmt, compression), "seed": seed,
+        emit({"type": "completed", "image": finish(g.frames[0], p), "seed": seed,
               "steps": p["steps"], "denoise_s": _denoise_seconds(t0, marks)})
     except Cancelled:
         log.info("image stream stopped: the client went away")
+    except ContentBlocked as e:
+        emit({"type": "error", "error": content.blocked_result(e)})
     except ValueError as e:
         param = request_error(e).param if isinstance(e, RequestError) else None
         emit({"type": "error", "error": {"status": 422, "message": str(e), "param": param}})
@@ -233,6 +249,7 @@ class GeneratorEngine:
             self.info, self.device = ModelInfo.from_pipeline(self.pipe), str(self.pipe.device)
         where = f"{settings.workers_per_replica} {self.device} workers" if self.parallel else self.device
         log.info("loaded model %s on %s in %.1fs", self.info.id, where, time.perf_counter() - t0)
+        self.moderator = content.moderator(settings, "output")  # None without --moderation
         self.gate = DeviceGate()
         self.runner: JobRunner | None = None
         if settings.run_jobs if run_jobs is None else run_jobs:
@@ -241,12 +258,17 @@ class GeneratorEngine:
             self.runner = JobRunner(store, OutputDir(settings.data_path), self.run_video, lease_s=settings.lease_s,
                                     poll_s=settings.poll_s, log_prompts=settings.log_prompts,
                                     # workers run ahead of the callbacks: images cannot cut in mid-video
-                                    between_steps=None if self.parallel else self.gate.yield_to_images)
+                                    between_steps=None if self.parallel else self.gate.yield_to_images,
+                                    redact=self._redact if settings.store_prompts == "hash" else None)
             self.runner.start()
+
+    def _redact(self, prompt: str) -> str:
+        return content.stored_prompt(self.settings, content.prompt_key(self.settings), prompt)
 
     def run_images(self, payloads: list[dict]) -> list[dict]:
         with self.gate.image():
-            return run_image_batch(self.pipe, payloads, max_images=self.settings.max_batch_images)
+            return run_image_batch(self.pipe, payloads, max_images=self.settings.max_batch_images,
+                                   finish=self.finish_image)
 
     def run_image_stream(self, payload: dict, emit, stopped: threading.Event | None = None) -> None:
         if self.parallel:  # the workers run ahead of the callbacks: no previews to take between steps
@@ -254,7 +276,15 @@ class GeneratorEngine:
                 "stream: previews need a single-process replica; this one is a parallel worker group")}})
             return
         with self.gate.image():
-            run_image_stream(self.pipe, payload, emit, stopped)
+            run_image_stream(self.pipe, payload, emit, stopped, finish=self.finish_image)
+
+    def finish_image(self, frame: np.ndarray, p: dict) -> bytes:
+        """The output hook (raises ContentBlocked), then the visible label, then encoding with the AIGC label."""
+        if self.moderator is not None:
+            self.moderator.check_output(frame, prompt=p["prompt"], level=p.get("moderation"),
+                                        request_id=p.get("request_id"))
+        return content.image_bytes(self.settings, self.info.name, frame, p.get("output_format", "png"),
+                                   p.get("output_compression"))
 
     def run_video(self, job: Job, callback):
         p = job.params
@@ -264,6 +294,10 @@ class GeneratorEngine:
                 steps=p["steps"], guidance=p["guidance"], negative_prompt=p.get("negative_prompt"),
                 callback=callback, cache=p.get("cache"))[0]
         gen.fps = p["fps"]
+        if self.moderator is not None:  # before anything is written: a blocked job fails with no file
+            self.moderator.check_output(gen.frames, prompt=job.prompt, request_id=job.id)
+        gen.frames = content.finish_frames(self.settings, gen.frames)
+        gen.info["aigc"] = content.label(self.settings, self.info.name, produce_id=job.id)
         return gen
 
     def health(self) -> dict:

@@ -57,15 +57,12 @@ class OutputDir:
     def thumbnail_path(self, job_id: str) -> Path:
         return self.video_path(job_id).with_suffix(".thumb.webp")
 
-    def save_thumbnail(self, job_id: str, frame) -> None:
-        """A video's first frame (uint8 `[H, W, 3]`) as webp, OpenAI's `variant=thumbnail`."""
-        import io
+    def save_thumbnail(self, job_id: str, frame, *, label: dict | None = None) -> None:
+        """A video's first frame (uint8 `[H, W, 3]`) as webp, OpenAI's `variant=thumbnail`, carrying
+        the video's AIGC label."""
+        from omnidit.safety.labels import encode_image
 
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(frame).save(buf, format="WEBP", quality=90)
-        write_atomic(self.thumbnail_path(job_id), buf.getvalue())
+        write_atomic(self.thumbnail_path(job_id), encode_image(frame, "webp", label, quality=90))
 
     def image_path(self, image_id: str, fmt: str = "png") -> Path:
         if not is_image_id(image_id):

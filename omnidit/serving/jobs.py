@@ -11,6 +11,7 @@ so a cancelled, deleted or taken-over job can never be overwritten by a stale wo
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -46,6 +47,7 @@ _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value DOUBLE PRECISION NOT NULL)",
 ]
 _LIST_ORDER = {"desc": ("<", "DESC"), "asc": (">", "ASC")}
+_REDACTED = re.compile(r"hmac-sha256:[0-9a-f]{64}")  # a prompt kept as its keyed hash (omnidit/safety/audit.py)
 
 
 class IdempotencyConflict(Exception):
@@ -284,6 +286,26 @@ class JobStore:
             for r in rows:
                 q("DELETE FROM jobs WHERE id = ?", (r["id"],))
         return [Job.from_row(r) for r in rows]
+
+    # -- prompt privacy (--store-prompts hash) --------------------------------------------------
+    def redact_prompt(self, job_id: str, redact) -> Job | None:
+        """A finished job's prompt replaced by `redact(prompt)` (its keyed hash); queued/running jobs keep
+        the text their worker needs. Returns the job (None if gone)."""
+        with self._tx() as q:
+            job = self._get(q, job_id)
+            if job is not None and job.terminal and not _REDACTED.fullmatch(job.prompt):
+                q("UPDATE jobs SET prompt = ? WHERE id = ?", (redact(job.prompt), job_id))
+                job = self._get(q, job_id)
+            return job
+
+    def redact_prompts(self, redact) -> int:
+        """`redact_prompt` for every finished job whose prompt is still text; how many changed."""
+        with self._tx() as q:
+            rows, _ = q("SELECT id, prompt FROM jobs WHERE status IN ('completed', 'failed', 'cancelled')"
+                        " AND prompt NOT LIKE 'hmac-sha256:%'", ())
+            for r in rows:
+                q("UPDATE jobs SET prompt = ? WHERE id = ?", (redact(r["prompt"]), r["id"]))
+        return len(rows)
 
     # -- counters for /metrics ------------------------------------------------------------------
     def add_stats(self, values: dict[str, float]) -> None:

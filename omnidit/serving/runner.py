@@ -22,6 +22,7 @@ import time
 import uuid
 from typing import Callable
 
+from omnidit.safety import ContentBlocked
 from omnidit.sampling import Cancelled
 from omnidit.serving.files import OutputDir
 from omnidit.serving.jobs import Job, JobStore
@@ -93,12 +94,13 @@ def worker_id() -> str:
 class JobRunner:
     def __init__(self, store: JobStore, outputs: OutputDir, generate: GenerateFn, *, lease_s: float = 60.0,
                  poll_s: float = 0.5, owner: str | None = None, log_prompts: bool = False,
-                 between_steps: Callable[[], None] | None = None):
+                 between_steps: Callable[[], None] | None = None, redact: Callable[[str], str] | None = None):
         self.store, self.outputs, self.generate = store, outputs, generate
         self.lease_s, self.poll_s = lease_s, poll_s
         self.owner = owner or worker_id()
         self.log_prompts = log_prompts
         self.between_steps = between_steps
+        self.redact = redact  # --store-prompts hash: a finished job's prompt -> its keyed hash
         self.current: str | None = None  # id of the running job
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -162,7 +164,7 @@ class JobRunner:
             gen = self.generate(job, callback)
             path = self.outputs.video_path(job.id)
             gen.save(path)  # atomic: temp file + rename
-            self.outputs.save_thumbnail(job.id, gen.frames[0])
+            self.outputs.save_thumbnail(job.id, gen.frames[0], label=gen.label())
             if self.store.complete(job.id, self.owner, path.name):
                 log.info("job %s completed in %.1fs", job.id, time.monotonic() - t0)
             else:  # cancelled or deleted while decoding/writing
@@ -173,12 +175,17 @@ class JobRunner:
                 log.info("job %s cancelled after %d steps", job.id, steps_done[0])
             elif self.store.release(job.id, self.owner):
                 log.info("job %s released back to the queue (worker stopping)", job.id)
+        except ContentBlocked as e:  # the output hook: nothing was written
+            self.store.fail(job.id, self.owner, {"code": e.code, "message": str(e)})
+            log.info("job %s blocked by the content policy (stage %s, category %s)", job.id, e.stage, e.category)
         except Exception as e:
             msg = f"{type(e).__name__}: {e}"
             code = "invalid_request" if isinstance(e, ValueError) else "generation_error"
             self.store.fail(job.id, self.owner, {"code": code, "message": msg[:500]})
             log.exception("job %s failed", job.id)
         finally:
+            if self.redact is not None:
+                self.store.redact_prompt(job.id, self.redact)
             lost.set()  # stops the heartbeat thread
             beat.join(5)
             self.current = None

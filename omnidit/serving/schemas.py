@@ -109,7 +109,9 @@ class ImageRequest(_Body):
         None, description="opaque or auto; transparent is refused with 422")
     quality: Literal["low", "medium", "high", "xhigh", "max", "auto", "standard", "hd"] | None = Field(
         None, description="accepted and ignored (use steps)")
-    moderation: Literal["low", "auto"] | None = Field(None, description="accepted and ignored")
+    moderation: Literal["low", "auto"] | None = Field(
+        None, description="the content policy's strictness when the service runs one (--moderation): auto (default) "
+                          "enforces all of it, low skips the policy's low.allow categories and uses its low.thresholds")
     style: Literal["vivid", "natural"] | None = Field(None, description="accepted and ignored")
     complexity: Literal["low", "medium", "high"] | None = Field(None, description="accepted and ignored")
     frame_count: int | None = Field(None, description="animated images are refused with 422: use /v1/videos")

@@ -13,12 +13,15 @@ import hmac
 import json
 import logging
 import math
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
+from omnidit.safety import ContentBlocked
+from omnidit.serving import content
 from omnidit.serving.errors import ApiError
 from omnidit.serving.files import OutputDir, is_image_id, is_video_id
 from omnidit.serving.jobs import STATUSES, IdempotencyConflict, QueueFull, open_store
@@ -75,6 +78,8 @@ class Service:
                                 max_attempts=settings.max_attempts)
         self.outputs = OutputDir(settings.data_path)
         self.metrics = Metrics()
+        self.moderator = content.moderator(settings, "prompt")  # None without --moderation
+        self._prompt_key = content.prompt_key(settings) if settings.store_prompts == "hash" else None
         self._info: ModelInfo | None = None
         self._pending_images = 0
         self._image_s = 1.0  # running mean of an image request's time, for Retry-After
@@ -99,6 +104,18 @@ class Service:
     def _prompt(self, prompt: str) -> str:
         return f" prompt={prompt!r}" if self.settings.log_prompts else ""
 
+    def _moderate(self, req, request_id: str, level: str | None = None) -> None:
+        """The prompt hook: before anything is queued or stored; a blocked prompt is a 400 naming the category."""
+        if self.moderator is None:
+            return
+        try:
+            self.moderator.check_prompt({"prompt": req.prompt, "negative_prompt": req.negative_prompt},
+                                        level=level, request_id=request_id)
+        except ContentBlocked as e:
+            self.metrics.inc("omnidit_rejected_total", reason="content_policy")
+            log.info("request %s blocked by the content policy (stage prompt, category %s)", request_id, e.category)
+            raise content.blocked_error(e) from None
+
     # -- images -------------------------------------------------------------------------------
     def _admit_image(self) -> None:
         if self._pending_images >= self.settings.max_pending_images:
@@ -110,6 +127,9 @@ class Service:
     async def generate_images(self, req: ImageRequest, base_url: str) -> dict:
         info = await self.model_info()
         payload = resolve_image(req, info, max_images=self.settings.max_images, max_steps=self.settings.max_steps)
+        payload["request_id"] = request_id = "req_" + secrets.token_hex(12)
+        payload["moderation"] = req.moderation  # OpenAI's field: the policy's strictness (auto | low)
+        self._moderate(req, request_id, req.moderation)
         self._admit_image()
         t0 = time.perf_counter()
         try:
@@ -119,7 +139,7 @@ class Service:
         if "error" in result:
             e = result["error"]
             raise ApiError(e["status"], e["message"], param=e.get("param"),
-                           code="invalid_value" if e["status"] < 500 else "generation_failed")
+                           code=e.get("code") or ("invalid_value" if e["status"] < 500 else "generation_failed"))
         elapsed = time.perf_counter() - t0
         self._image_s = 0.8 * self._image_s + 0.2 * elapsed
         self.metrics.inc("omnidit_images_generated_total", len(result["images"]))
@@ -143,6 +163,9 @@ class Service:
         (or one `error` event with the JSON error body)."""
         info = await self.model_info()
         payload = resolve_image(req, info, max_images=self.settings.max_images, max_steps=self.settings.max_steps)
+        payload["request_id"] = request_id = "req_" + secrets.token_hex(12)
+        payload["moderation"] = req.moderation
+        self._moderate(req, request_id, req.moderation)
         self._admit_image()
         return self._image_events(req, payload)
 
@@ -172,9 +195,12 @@ class Service:
                     yield _sse("error", {"type": "error", "error": {
                         "message": e["message"], "type": "invalid_request_error" if e["status"] < 500 else
                         "server_error", "param": e.get("param"),
-                        "code": "invalid_value" if e["status"] < 500 else "generation_failed"}})
+                        "code": e.get("code") or ("invalid_value" if e["status"] < 500 else "generation_failed")}})
         finally:
             self._pending_images -= 1
+
+    def _redact(self, prompt: str) -> str:
+        return content.stored_prompt(self.settings, self._prompt_key, prompt)
 
     def _retry_after(self) -> int:
         wait = self._image_s * self._pending_images / max(1, self.settings.replicas * self.settings.max_batch_size)
@@ -196,8 +222,13 @@ class Service:
         if idempotency_key is not None and not (idempotency_key.isprintable() and idempotency_key.strip()):
             raise ApiError(400, "Idempotency-Key must be 1-255 printable characters", param="Idempotency-Key",
                            code="invalid_value")
-        # The hash covers the request as sent (not the resolved params, whose seed may be random).
-        digest = hashlib.sha256(json.dumps(req.model_dump(), sort_keys=True).encode()).hexdigest()
+        request_id = "req_" + secrets.token_hex(12)
+        self._moderate(req, request_id)
+        # The hash covers the request as sent (not the resolved params, whose seed may be random); keyed
+        # when prompts are stored hashed, so the record cannot be used to test guesses of the prompt.
+        body = json.dumps(req.model_dump(), sort_keys=True).encode()
+        digest = (hmac.new(self._prompt_key, body, hashlib.sha256).hexdigest() if self._prompt_key is not None
+                  else hashlib.sha256(body).hexdigest())
         try:
             job, created = await asyncio.to_thread(
                 self.store.create, req.prompt, params, idempotency_key=idempotency_key, request_hash=digest,
@@ -259,6 +290,8 @@ class Service:
             if job is None:
                 raise _not_found(job_id)
             log.info("job %s cancelled", job_id)
+            if self._prompt_key is not None:  # --store-prompts hash: a finished record keeps no text
+                job = await asyncio.to_thread(self.store.redact_prompt, job_id, self._redact) or job
         return job.to_api((await self.model_info()).id)
 
     async def delete_video(self, job_id: str) -> dict:
@@ -296,6 +329,8 @@ class Service:
         """Requeue/fail jobs with dead leases; delete expired jobs with their files, and old images."""
         now = time.time() if now is None else now
         reaped = self.store.reap(now)
+        if self._prompt_key is not None:  # jobs the reaper failed, or that finished before a restart
+            self.store.redact_prompts(self._redact)
         expired = self.store.delete_expired(now)
         for job in expired:
             self.outputs.remove_video(job.id)

@@ -57,6 +57,14 @@ class ServeSettings:
     max_prompt_chars: int = 2000
     retention_s: float = 86400.0  # outputs and job records are deleted this long after they finish
     log_prompts: bool = False  # logs never carry prompt text unless this is on
+    # Content safety and labelling (README "Content safety and labelling"; omnidit/serving/content.py).
+    moderation: str | None = None  # policy file (JSON/YAML): prompts checked at the ingress, outputs on replicas
+    audit_log: str | None = None  # moderation decisions, JSON lines; None = <data_dir>/audit.jsonl
+    label_producer: str = "omnidit"  # the AIGC label's ContentProducer on every output
+    visible_label: str | None = None  # text drawn in a corner of outputs (explicit label); None = none
+    visible_label_frames: str = "ends"  # ends (first and last frames of a video) | all
+    visible_label_font: str | None = None  # a TrueType file (needed for CJK label text)
+    store_prompts: str = "full"  # full | hash: a finished job's record keeps a keyed hash, not the text
     run_jobs: bool = True  # generator replicas run the video job worker
     lease_s: float = 60.0  # a job whose lease is not renewed for this long is taken over
     poll_s: float = 0.5  # how often an idle worker looks for queued jobs
@@ -80,6 +88,19 @@ class ServeSettings:
             zero_ok = name in ("cpus_per_replica", "batch_wait_s")
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (v == 0 and not zero_ok):
                 raise ValueError(f"{name} must be a number {'>=' if zero_ok else '>'} 0, got {v!r}")
+        if self.store_prompts not in ("full", "hash"):
+            raise ValueError(f"store_prompts must be full or hash, got {self.store_prompts!r}")
+        if self.visible_label_frames not in ("ends", "all"):
+            raise ValueError(f"visible_label_frames must be ends or all, got {self.visible_label_frames!r}")
+        if not isinstance(self.label_producer, str) or not self.label_producer.strip():
+            raise ValueError(f"label_producer must be a non-empty string, got {self.label_producer!r}")
+        if self.visible_label is not None and not self.visible_label.strip():
+            raise ValueError("visible_label must be non-empty text (or unset for no visible label)")
+        if self.moderation is not None and not Path(self.moderation).expanduser().is_file():
+            raise ValueError(f"moderation: policy file {self.moderation!r} does not exist")
+        for name in ("moderation", "audit_log"):  # absolute: replicas may run in another working directory
+            if getattr(self, name) is not None:
+                setattr(self, name, str(Path(getattr(self, name)).expanduser().resolve()))
         if not isinstance(self.cfg_parallel, bool):
             raise ValueError(f"cfg_parallel must be true or false, got {self.cfg_parallel!r}")
         if self.max_batch_images < self.max_images:

@@ -83,6 +83,7 @@ class LineError:
     key: str
     id: str | None = None
     prompt: str | None = None
+    stage: str = "parse"  # or "moderation": a valid line the content policy blocked (omnidit/batch/safety.py)
 
 
 @dataclass

@@ -4,7 +4,7 @@ Rows are written with one `os.write` each on an O_APPEND descriptor, straight to
 a killed job loses at most the row being written, and leaves at worst a truncated last line,
 which `read_manifest` ignores and the next writer cuts off before appending.
 
-Row fields: id, line, status ("ok" | "error"), stage ("parse" | "generate"), prompt, params
+Row fields: id, line, status ("ok" | "error"), stage ("parse" | "moderation" | "generate"), prompt, params
 (frames, width, height, steps, guidance, negative_prompt; resolved to the model's values on
 success), seed, path (relative to DIR), seconds, error, model, key (the item's fingerprint, or
 the hash of a rejected line's text), run (which invocation wrote it), time (unix seconds).
@@ -60,7 +60,7 @@ def finished_ids(rows: list[dict], out_dir: str | Path, fingerprints: dict[str, 
 
 def reported_line_errors(rows: list[dict]) -> set[tuple[int, str]]:
     """(line, text hash) of rejected lines already in the manifest, so a rerun reports them once."""
-    return {(r.get("line"), r.get("key")) for r in rows if r.get("stage") == "parse"}
+    return {(r.get("line"), r.get("key")) for r in rows if r.get("stage") in ("parse", "moderation")}
 
 
 def item_row(item: BatchItem, *, model: str, run: str, status: str, params: dict | None = None,
@@ -75,7 +75,7 @@ def item_row(item: BatchItem, *, model: str, run: str, status: str, params: dict
 
 def line_error_row(err: LineError, *, run: str) -> dict:
     return {
-        "id": err.id, "line": err.line, "status": "error", "stage": "parse", "prompt": err.prompt,
+        "id": err.id, "line": err.line, "status": "error", "stage": err.stage, "prompt": err.prompt,
         "params": None, "seed": None, "path": None, "seconds": None, "error": err.message, "model": None,
         "key": err.key, "run": run, "time": round(time.time(), 3),
     }

@@ -21,6 +21,7 @@ from typing import Callable
 from omnidit.batch.lines import BatchItem, parse_prompts
 from omnidit.batch.manifest import MANIFEST_NAME, ManifestWriter, item_row, line_error_row, read_manifest
 from omnidit.batch.plan import Plan, plan_job
+from omnidit.batch.safety import moderate_prompts, moderator, safety_options
 from omnidit.files import TEMP_NAME, write_atomic
 from omnidit.model_folder import open_model
 
@@ -38,6 +39,13 @@ class BatchConfig:
     address: str | None = None  # an existing Ray cluster; None starts a small local one
     device: str = "cpu"  # "cpu" or "cuda" (one GPU per actor)
     progress: bool = True  # a tqdm bar over items on stderr
+    # Content safety and labelling (omnidit/batch/safety.py; README "Content safety and labelling").
+    moderation: str | None = None  # policy file: prompts checked before planning, outputs before writing
+    audit_log: str | None = None  # moderation decisions, JSON lines; None = <out>/moderation-audit.jsonl
+    label_producer: str = "omnidit"  # the AIGC label's ContentProducer
+    visible_label: str | None = None  # text drawn in a corner of each output
+    visible_label_frames: str = "ends"  # ends | all
+    visible_label_font: str | None = None  # a TrueType file (needed for CJK label text)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -46,6 +54,16 @@ class BatchConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.visible_label_frames not in ("ends", "all"):
+            raise ValueError(f"visible_label_frames must be ends or all, got {self.visible_label_frames!r}")
+        if self.visible_label is not None and not self.visible_label.strip():
+            raise ValueError("visible_label must be non-empty text")
+        if not self.label_producer.strip():
+            raise ValueError("label_producer must be non-empty")
+        if self.moderation is not None:  # a bad policy fails before Ray starts, naming its key
+            from omnidit.safety import load_policy
+
+            load_policy(self.moderation)
 
 
 @dataclass
@@ -84,6 +102,7 @@ def run_batch(cfg: BatchConfig, *, on_row: Callable[[dict], None] | None = None)
     out.mkdir(parents=True, exist_ok=True)
     model = model_identity(cfg.model)
     parsed = parse_prompts(cfg.prompts, temporal_ratio=open_model(model).temporal_ratio)
+    parsed = moderate_prompts(parsed, moderator(safety_options(cfg), "prompt"), model)  # before any work
     manifest_path = out / MANIFEST_NAME
     run = uuid.uuid4().hex[:8]
     ok = failed = 0
@@ -157,7 +176,8 @@ def _dataset(chunks: list[list[BatchItem]], cfg: BatchConfig, model: str, *, thr
     return ds.map_batches(
         ChunkGenerator, batch_size=1, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=min(cfg.concurrency, len(rows))),
-        fn_constructor_kwargs={"model": model, "device": cfg.device, "threads": threads},
+        fn_constructor_kwargs={"model": model, "device": cfg.device, "threads": threads,
+                               "safety": safety_options(cfg)},
         num_cpus=1, num_gpus=1 if gpu else 0,
     )
 

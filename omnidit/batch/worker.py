@@ -10,13 +10,15 @@ import json
 import time
 
 from omnidit.batch.lines import BatchItem
+from omnidit.batch.safety import finisher
 
 
-def generate_chunk(pipe, items: list[BatchItem]) -> list[tuple[dict, bytes]]:
+def generate_chunk(pipe, items: list[BatchItem], finish=None) -> list[tuple[dict, bytes]]:
     """One `generate_many` call for items sharing their arguments -> (result, bytes) per item.
 
     A failure (a ValueError from `Pipeline.check`, or anything the model raises) becomes an
-    error result for each item of the chunk instead of stopping the job.
+    error result for each item of the chunk instead of stopping the job. `finish(gen, item)` (the
+    output hook and labels, omnidit/batch/safety.py) runs before encoding; what it raises is that item's error.
     """
     first = items[0]
     t0 = time.perf_counter()
@@ -33,6 +35,8 @@ def generate_chunk(pipe, items: list[BatchItem]) -> list[tuple[dict, bytes]]:
     for it, gen in zip(items, gens):
         t1 = time.perf_counter()
         try:
+            if finish is not None:
+                finish(gen, it)
             data = gen.to_bytes(it.suffix.lstrip("."))
         except Exception as e:  # noqa: BLE001
             out.append((_error(it, e, each), b""))
@@ -53,7 +57,7 @@ def _error(item: BatchItem, e: Exception, seconds: float) -> dict:
 class ChunkGenerator:
     """Ray Data callable class: one per actor, the model loaded once in `__init__`."""
 
-    def __init__(self, model: str, device: str, threads: int | None = None):
+    def __init__(self, model: str, device: str, threads: int | None = None, safety: dict | None = None):
         import torch
 
         if threads:
@@ -61,6 +65,7 @@ class ChunkGenerator:
         from omnidit.pipeline import Pipeline
 
         self.pipe = Pipeline.from_pretrained(model, device=device)
+        self.finish = finisher(safety or {})
 
     def __call__(self, batch):
         """A pyarrow batch of `chunk` (JSON list of items) -> a table of `id`, `result`, `data`."""
@@ -69,7 +74,7 @@ class ChunkGenerator:
         ids, results, datas = [], [], []
         for chunk in batch.column("chunk").to_pylist():
             items = [BatchItem(**d) for d in json.loads(chunk)]
-            for result, data in generate_chunk(self.pipe, items):
+            for result, data in generate_chunk(self.pipe, items, self.finish):
                 ids.append(result["id"])
                 results.append(json.dumps(result))
                 datas.append(data)

@@ -31,6 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add("--address", help="Ray cluster address (default: start a local Ray for this job)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when this machine has one)")
     c.add("--no-progress", field="progress", help="no progress bar")
+    c.add("--moderation", metavar="FILE", help="a JSON/YAML content policy: prompts checked before planning, "
+                                               "outputs before writing (blocked lines are manifest errors)")
+    c.add("--audit-log", metavar="FILE", help="moderation decisions as JSON lines (default: OUT/moderation-audit.jsonl)")
+    c.add("--label-producer", help="ContentProducer of the AIGC label every output carries")
+    c.add("--visible-label", metavar="TEXT", help="draw TEXT in a corner of every output")
+    c.add("--visible-label-frames", choices=("ends", "all"), help="video frames the visible label goes on")
+    c.add("--visible-label-font", metavar="TTF", help="a TrueType font for the visible label (needed for CJK text)")
     p.set_defaults(func=run, config_flags=c)
 
 
@@ -64,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
         import ray.data  # noqa: F401  (Ray Data needs pyarrow besides ray itself)
     except ImportError as e:
         raise UserError(f"batch jobs need Ray Data: pip install 'ray[data]' ({e})") from None
-    cfg = args.config_flags.build(args, prompts=prompts, out=out, model=model, device=device)
+    try:
+        cfg = args.config_flags.build(args, prompts=prompts, out=out, model=model, device=device)
+    except ValueError as e:  # e.g. a bad --moderation policy, naming its key
+        raise UserError(str(e)) from None
     try:
         summary = run_batch(cfg)
     except JobLocked as e:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from omnidit.cli.common import UserError, positive_int
 from omnidit.cli.parallel_flags import add_parallel_args, start_parallel
+from omnidit.cli.safety_flags import add_safety_args, check_visible_label, moderator
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention-backend", default=None,
                    help="sdpa, flash_attn or xformers (default: $OMNIDIT_ATTENTION_BACKEND, else the model's)")
     add_parallel_args(p)
+    add_safety_args(p)
     p.set_defaults(func=run)
 
 
@@ -46,6 +48,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out must end in one of {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}, got {out.name!r}")
     if args.frames > 1 and suffix in IMAGE_SUFFIXES:
         raise UserError(f"--out {out.name!r} is an image but --frames is {args.frames}; use .mp4 or .gif")
+    check_visible_label(args)
+    mod = moderator(args, out.parent / "moderation-audit.jsonl")
+    if mod is not None:  # before anything is loaded or generated
+        from omnidit.safety import ContentBlocked
+
+        try:
+            mod.check_prompt({"prompt": args.prompt, "negative_prompt": args.negative_prompt}, request_id=out.name)
+        except ContentBlocked as e:
+            raise UserError(str(e)) from None
     device = torch_device(args.device)
 
     from tqdm import tqdm
@@ -74,12 +85,28 @@ def run(args: argparse.Namespace) -> int:
                                 steps=args.steps, guidance=args.guidance, negative_prompt=args.negative_prompt,
                                 seed=args.seed, cache=args.cache, callback=lambda i, n, x: bar.update(1))
         if writer:
+            finish(gen, args, mod, out)
             gen.save(out)
             print(out)
     finally:
         if parallel is not None:
             parallel.close()
     return 0
+
+
+def finish(gen, args: argparse.Namespace, mod, out: Path) -> None:
+    """The output hook (a blocked output is a UserError and no file), the visible label, the AIGC label."""
+    from omnidit.safety import ContentBlocked, aigc_label, draw_visible_label
+
+    if mod is not None:
+        try:
+            mod.check_output(gen.frames, prompt=args.prompt, request_id=out.name)
+        except ContentBlocked as e:
+            raise UserError(str(e)) from None
+    if args.visible_label:
+        gen.frames = draw_visible_label(gen.frames, args.visible_label, which=args.visible_label_frames,
+                                        font=args.visible_label_font)
+    gen.info["aigc"] = aigc_label(producer=args.label_producer, model=gen.info.get("model"))
 
 
 def torch_device(name: str | None) -> torch.device | None:

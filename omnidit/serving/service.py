@@ -104,13 +104,15 @@ class Service:
     def _prompt(self, prompt: str) -> str:
         return f" prompt={prompt!r}" if self.settings.log_prompts else ""
 
-    def _moderate(self, req, request_id: str, level: str | None = None) -> None:
-        """The prompt hook: before anything is queued or stored; a blocked prompt is a 400 naming the category."""
+    async def _moderate(self, req, request_id: str, level: str | None = None) -> None:
+        """The prompt hook: before anything is queued or stored; a blocked prompt is a 400 naming the category.
+        In a thread: a classifier's forward must not hold up the event loop."""
         if self.moderator is None:
             return
         try:
-            self.moderator.check_prompt({"prompt": req.prompt, "negative_prompt": req.negative_prompt},
-                                        level=level, request_id=request_id)
+            await asyncio.to_thread(self.moderator.check_prompt,
+                                    {"prompt": req.prompt, "negative_prompt": req.negative_prompt},
+                                    level=level, request_id=request_id)
         except ContentBlocked as e:
             self.metrics.inc("omnidit_rejected_total", reason="content_policy")
             log.info("request %s blocked by the content policy (stage prompt, category %s)", request_id, e.category)
@@ -129,7 +131,7 @@ class Service:
         payload = resolve_image(req, info, max_images=self.settings.max_images, max_steps=self.settings.max_steps)
         payload["request_id"] = request_id = "req_" + secrets.token_hex(12)
         payload["moderation"] = req.moderation  # OpenAI's field: the policy's strictness (auto | low)
-        self._moderate(req, request_id, req.moderation)
+        await self._moderate(req, request_id, req.moderation)
         self._admit_image()
         t0 = time.perf_counter()
         try:
@@ -165,7 +167,7 @@ class Service:
         payload = resolve_image(req, info, max_images=self.settings.max_images, max_steps=self.settings.max_steps)
         payload["request_id"] = request_id = "req_" + secrets.token_hex(12)
         payload["moderation"] = req.moderation
-        self._moderate(req, request_id, req.moderation)
+        await self._moderate(req, request_id, req.moderation)
         self._admit_image()
         return self._image_events(req, payload)
 
@@ -223,7 +225,7 @@ class Service:
             raise ApiError(400, "Idempotency-Key must be 1-255 printable characters", param="Idempotency-Key",
                            code="invalid_value")
         request_id = "req_" + secrets.token_hex(12)
-        self._moderate(req, request_id)
+        await self._moderate(req, request_id)
         # The hash covers the request as sent (not the resolved params, whose seed may be random); keyed
         # when prompts are stored hashed, so the record cannot be used to test guesses of the prompt.
         body = json.dumps(req.model_dump(), sort_keys=True).encode()

@@ -129,9 +129,7 @@ def parse_line(text: str, line: int, *, temporal_ratio: int | None = None) -> Ba
     try:
         item_id = _check_id(raw_id) if "id" in obj else derived_id(obj)
         width, height = parse_size(obj["size"]) if obj.get("size") is not None else (None, None)
-        frames = obj.get("frames", 1)
-        if temporal_ratio is not None or not (isinstance(frames, int) and not isinstance(frames, bool) and frames >= 1):
-            frames = check_frames(frames, temporal_ratio or 1)
+        frames = check_frames(obj.get("frames", 1), temporal_ratio or 1)  # ratio 1: any integer >= 1
         return BatchItem(
             id=item_id, line=line, prompt=check_prompt(raw_prompt),
             seed=check_seed(obj["seed"]) if obj.get("seed") is not None else derived_seed(item_id),

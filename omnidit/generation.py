@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -53,8 +52,8 @@ class Generation:
         if "aigc" not in self.info:
             # ProduceID from the content: unique per output, yet the same output saved twice (a resumed
             # batch job) gives the same bytes.
-            digest = hashlib.sha256(self.frames.tobytes() + repr(sorted(self.info.items())).encode()).hexdigest()
-            self.info["aigc"] = labels.aigc_label(model=self.info.get("model"), produce_id=digest[:32])
+            produce_id = labels.content_id(self.frames, sorted(self.info.items()))
+            self.info["aigc"] = labels.aigc_label(model=self.info.get("model"), produce_id=produce_id)
         return self.info["aigc"]
 
     def to_bytes(self, fmt: str) -> bytes:

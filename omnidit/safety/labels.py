@@ -38,6 +38,16 @@ FRAME_MODES = ("ends", "all")  # visible label on the first and last frames, or 
 _XMP_VALUE = re.compile(r"<(?:\w+:)?AIGC>(.*?)</(?:\w+:)?AIGC>|(?:\w+:)?AIGC=\"([^\"]*)\"", re.S)
 
 
+def content_id(frames, *context) -> str:
+    """A ProduceID from an output's content (uint8 frames) and what made it: unique per output,
+    yet the same output encoded twice (a resumed batch job, a repeated request) gets the same bytes."""
+    import hashlib
+
+    h = hashlib.sha256(frames.tobytes())
+    h.update(repr(context).encode())
+    return h.hexdigest()[:32]
+
+
 def aigc_label(*, producer: str = "omnidit", produce_id: str | None = None, model: str | None = None) -> dict:
     """The `AIGC` field of one output (a fresh `ProduceID` unless one is given)."""
     if not isinstance(producer, str) or not producer.strip():

@@ -18,7 +18,7 @@ import numpy as np
 from omnidit.safety import AuditLog, ContentBlocked, Moderator, aigc_label, draw_visible_label, load_policy
 from omnidit.safety import prompt_hash as _prompt_hash
 from omnidit.safety import prompt_key as _prompt_key
-from omnidit.safety.labels import encode_image
+from omnidit.safety.labels import content_id, encode_image
 from omnidit.serving.errors import ApiError
 
 STORE_PROMPTS = ("full", "hash")
@@ -64,7 +64,8 @@ def label(settings, model: str, produce_id: str | None = None) -> dict:
 def image_bytes(settings, model: str, frame: np.ndarray, fmt: str, compression: int | None) -> bytes:
     """One finished image, visible label drawn, encoded with its implicit label."""
     frame = finish_frames(settings, frame[None])[0]
-    return encode_image(frame, fmt, label(settings, model), quality=compression)
+    produce_id = content_id(frame, model, fmt, compression)  # the same image twice: the same bytes
+    return encode_image(frame, fmt, label(settings, model, produce_id), quality=compression)
 
 
 def stored_prompt(settings, key: bytes, prompt: str) -> str:

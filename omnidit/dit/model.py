@@ -92,6 +92,27 @@ class DiT(nn.Module):
         """Pick the kernel of the default joint attention: name, else $OMNIDIT_ATTENTION_BACKEND, else config."""
         self.attention_backend = get_backend(name, config_value=self.config.attention_backend)
 
+    # --- LoRA adapters (dit/lora.py) --------------------------------------------------------------
+
+    def load_lora(self, source, *, name: str | None = None, scale: float = 1.0) -> str:
+        """Load a LoRA (.safetensors path, folder or state dict; diffusers/PEFT, kohya/musubi or original
+        Tencent names) and make it active at `scale`; returns its name (default: the file's stem)."""
+        from omnidit.dit import lora
+
+        return lora.load(self, source, name=name, scale=scale)
+
+    def set_loras(self, scales: dict[str, float], *, merge: bool = False) -> None:
+        """Exactly these adapters `{name: scale}` active ({}: none); `merge` fuses them into the weights."""
+        from omnidit.dit import lora
+
+        lora.set_loras(self, scales, merge=merge)
+
+    def unload_lora(self, name: str) -> None:
+        """Remove an adapter; the base weights and modules are restored bit-for-bit."""
+        from omnidit.dit import lora
+
+        lora.unload(self, name)
+
     # --- init ----------------------------------------------------------------------------------
 
     @torch.no_grad()

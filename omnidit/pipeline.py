@@ -13,7 +13,9 @@ from typing import Callable
 
 import torch
 
+from omnidit import pipeline_lora
 from omnidit.dit.cache import StepCache, build_cache
+from omnidit.dit.lora import using_loras
 from omnidit.generation import Generation
 from omnidit.model_folder import open_model
 from omnidit.pipeline_config import PipelineConfig
@@ -85,6 +87,7 @@ class Pipeline:
         self.config = config
         self.name = name
         self.cache_calibration = cache_calibration or {}  # the model folder's cache.json (calibrate-cache)
+        self.lora_library: pipeline_lora.LoRALibrary | None = None  # adapters named by file stem
         self.parallel = None
         self.set_parallel(parallel)
 
@@ -200,6 +203,20 @@ class Pipeline:
         spec = self.check_cache(cache)
         return build_cache(spec.policy, spec.threshold, self.cache_calibration) if spec is not None else None
 
+    # ---- LoRA adapters (dit/lora.py, pipeline_lora.py) ------------------------------------
+
+    def load_lora(self, source, *, name: str | None = None, scale: float = 1.0) -> str:
+        """Load an adapter into the DiT (see `DiT.load_lora`), active at `scale` for `generate(loras=None)`;
+        a request's `loras={name: scale}` picks among the loaded ones without reloading."""
+        return self.dit.load_lora(source, name=name, scale=scale)
+
+    def set_lora_library(self, folder, capacity: int = 8) -> None:
+        """Let requests name the adapters of `folder` by file stem; at most `capacity` stay loaded (LRU)."""
+        self.lora_library = pipeline_lora.LoRALibrary(folder, capacity) if folder is not None else None
+
+    def available_loras(self) -> list[str]:
+        return pipeline_lora.available(self)
+
     # ---- generation ----------------------------------------------------------------------
 
     def generate(
@@ -217,14 +234,16 @@ class Pipeline:
         true_cfg_scale: float | None = None,
         latents: torch.Tensor | None = None,
         cache: str | StepCache | None = None,
+        loras: dict[str, float] | None = None,
     ) -> Generation:
         """One image (`frames=1`) or video. `steps=None` uses the model's default. `cache`: a step-cache
         SPEC ("fbcache" | "teacache" | "magcache", optionally ":<threshold>"; "none": off; None: the
-        model folder's default) or a `StepCache` policy object (omnidit/dit/cache.py)."""
+        model folder's default) or a `StepCache` policy object (omnidit/dit/cache.py). `loras`:
+        exactly these adapters `{name: scale}` for this generation ({}: none; None: the DiT's current set)."""
         return self.generate_many(
             [prompt], frames=frames, height=height, width=width, steps=steps, guidance=guidance,
             negative_prompt=negative_prompt, seeds=[seed], callback=callback,
-            true_cfg_scale=true_cfg_scale, latents=latents, cache=cache,
+            true_cfg_scale=true_cfg_scale, latents=latents, cache=cache, loras=loras,
         )[0]
 
     def generate_many(self, prompts: list[str], *, cache: str | StepCache | None = None,
@@ -237,6 +256,8 @@ class Pipeline:
         video = self.decode(latents)
         info = {"steps": req.steps, "guidance": req.guidance, "frames": req.frames, "height": req.height,
                 "width": req.width, "model": self.name}
+        if kwargs.get("loras"):
+            info["lora"] = dict(kwargs["loras"])
         out = []
         for i, (p, s, v) in enumerate(zip(prompts, seeds, video)):
             extra = {}
@@ -261,11 +282,12 @@ class Pipeline:
         latents: torch.Tensor | None = None,
         preview: StepCallback | None = None,
         cache: str | StepCache | None = None,
+        loras: dict[str, float] | None = None,
     ) -> tuple[torch.Tensor, _Request, list[int]]:
         """`generate_many` up to the decoder: (clean latents `[B, C, F', H', W']` fp32, the filled-in
         request, the seeds used). `decode(latents)` then gives exactly `generate_many`'s frames.
         `preview(step, total, x0)` runs after each step with that step's clean estimate (latents;
-        `decode` shows it), before `callback`."""
+        `decode` shows it), before `callback`. `loras`: as `generate`'s (one adapter set per batch)."""
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise RequestError("prompt", "prompt must be a non-empty string (or a non-empty list of strings)")
         prompts = [check_prompt(p) for p in prompts]
@@ -275,6 +297,7 @@ class Pipeline:
                          cache="none" if policy is not None else cache)
         if policy is None:
             policy = self.make_cache(req.cache)
+        adapters = pipeline_lora.prepare(self, loras)  # validated and loaded before any denoising
         seeds = list(seeds) if seeds is not None else [None] * len(prompts)
         if len(seeds) != len(prompts):
             raise RequestError("seed", f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
@@ -286,8 +309,10 @@ class Pipeline:
         # Re-noising samplers draw each sample's noise from its own seed: a seed gives the same
         # frames alone or in any batch (HTTP batching, batch jobs, generate_many).
         noise = seeded_noise(seeds)
-        return self.denoise(prompts, latents.to(self.device), req, callback=callback, noise_sampler=noise, cache=policy,
-                            preview=preview), req, seeds
+        with using_loras(self.dit, adapters):
+            out = self.denoise(prompts, latents.to(self.device), req, callback=callback, noise_sampler=noise,
+                               cache=policy, preview=preview)
+        return out, req, seeds
 
     def initial_noise(self, req: _Request, seed: int) -> torch.Tensor:
         """`[1, C, F', H', W']` fp32 noise from a CPU generator: identical on every device."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 MAX_PROMPT_CHARS = 2000
@@ -144,3 +145,34 @@ def parse_cache(v, field: str = "cache") -> CacheSpec | None:
         raise RequestError(field, f"{field} threshold must be a number in [0, {MAX_CACHE_THRESHOLD:g}] "
                                   f"(e.g. \"{policy}:{CACHE_DEFAULTS[policy]}\"), got {v!r}")
     return CacheSpec(policy, threshold)
+
+
+# ---- LoRA adapters (omnidit/dit/lora.py) ---------------------------------------------------------
+
+MAX_LORAS = 8  # adapters in one request
+MAX_LORA_SCALE = 10.0
+
+
+def parse_loras(v, available: Collection[str] | None = None, field: str = "lora") -> dict[str, float] | None:
+    """`None` -> None (whatever the model has active); `{name: scale, ...}` -> that set sorted by name,
+    zero scales dropped (so equal settings compare equal; `{}` means no adapter). Names must be
+    among `available` when it is given; |scale| <= MAX_LORA_SCALE."""
+    if v is None:
+        return None
+    if not isinstance(v, Mapping):
+        raise RequestError(field, f'{field} must be an object {{"adapter name": scale, ...}}, got {v!r}')
+    if len(v) > MAX_LORAS:
+        raise RequestError(field, f"{field} may name at most {MAX_LORAS} adapters, got {len(v)}")
+    out: dict[str, float] = {}
+    for name in sorted(v, key=str):
+        s = v[name]
+        if not isinstance(name, str) or not name:
+            raise RequestError(field, f"{field} keys must be adapter names, got {name!r}")
+        if available is not None and name not in available:
+            raise RequestError(field, f"{field}: unknown adapter {name!r}; available: {sorted(available) or 'none'}")
+        if isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s) or abs(s) > MAX_LORA_SCALE:
+            raise RequestError(field, f"{field}[{name!r}] must be a number in [-{MAX_LORA_SCALE:g}, "
+                                      f"{MAX_LORA_SCALE:g}], got {s!r}")
+        if s != 0:
+            out[name] = float(s)
+    return out

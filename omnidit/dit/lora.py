@@ -264,14 +264,15 @@ class using_loras:
 
     def __exit__(self, *exc):
         st = state(self.dit)
-        if (st.active, st.merged) != self.saved and all(n in st.modules for n in self.saved[0]):
-            set_loras(self.dit, self.saved[0], merge=self.saved[1])
+        saved = {n: s for n, s in self.saved[0].items() if n in st.modules}  # minus any unloaded meanwhile
+        if (st.active, st.merged) != (saved, self.saved[1]):
+            set_loras(self.dit, saved, merge=self.saved[1])
         return False
 
 
-def load(dit: nn.Module, source, *, name: str | None = None, scale: float = 1.0) -> str:
-    """Read a LoRA (a .safetensors path, a folder holding one, or a state dict), attach it and add it
-    to the active set at `scale`; returns its name (default: the file's stem)."""
+def load(dit: nn.Module, source, *, name: str | None = None, scale: float = 1.0, activate: bool = True) -> str:
+    """Read a LoRA (a .safetensors path, a folder holding one, or a state dict), attach it and (with
+    `activate`) add it to the active set at `scale`; returns its name (default: the file's stem)."""
     st = state(dit)
     check_scale(name or "lora", scale)
     if isinstance(source, Mapping):
@@ -283,7 +284,8 @@ def load(dit: nn.Module, source, *, name: str | None = None, scale: float = 1.0)
     factors = parse_lora(tensors, dit.config, linear_names(dit), peft_config)
     attach(dit, check_name(name), factors)
     st.loads += 1
-    set_loras(dit, {**st.active, name: scale}, merge=st.merged)
+    if activate:
+        set_loras(dit, {**st.active, name: scale}, merge=st.merged)
     return name
 
 

@@ -64,6 +64,41 @@ def sqlite_store(tmp_path):
     s.close()
 
 
+def test_claim_by_model_and_a_reaped_job_keeps_its_model(store):
+    """Several models: each worker claims its model's jobs; the first (default) also rows naming none."""
+    b = store.create("p", PARAMS, model="b", now=1.0)[0]
+    old = store.create("p", PARAMS, now=2.0)[0]  # no model: a row from before several models
+    assert store.claim("w-a", 10, now=3.0, model="a") is None  # not the default: neither b's nor the old row
+    got = store.claim("w-a", 10, now=3.0, model="a", default=True)
+    assert got.id == old.id and got.model is None
+    lease = store.claim("w-b", 10, now=3.0, model="b")
+    assert lease.id == b.id and lease.model == "b"
+    # both workers die; after the leases each job is queued again, still only its model's
+    assert store.claim("w-a2", 10, now=20.0, model="a", default=True).id == old.id
+    assert store.claim("w-a3", 10, now=20.0, model="a", default=True) is None
+    again = store.claim("w-b2", 10, now=20.0, model="b")
+    assert again.id == b.id and again.attempts == 2
+    # a model no longer served: its queued jobs fail instead of waiting; unnamed rows stay the default's
+    gone = store.create("p", PARAMS, model="gone", now=21.0)[0]
+    unnamed = store.create("p", PARAMS, now=21.0)[0]
+    assert store.fail_unserved(["a", "b"], now=22.0) == 1
+    assert store.get(gone.id).status == "failed" and store.get(gone.id).error["code"] == "model_not_found"
+    assert store.get(unnamed.id).status == "queued"
+
+
+def test_a_store_from_before_several_models_gains_the_model_column(store, store_url):
+    job = store.create("p", PARAMS)[0]
+    with store._tx() as q:  # what an older release created: no model column
+        q("ALTER TABLE jobs DROP COLUMN model", ())
+    reopened = open_store(store_url, retention_s=3600)
+    try:
+        got = reopened.claim("w", 10, model="tiny-a", default=True)
+        assert got.id == job.id and got.model is None
+        assert reopened.create("p", PARAMS, model="tiny-b")[0].model == "tiny-b"
+    finally:
+        reopened.close()
+
+
 def test_wal_mode_and_durable_before_return(sqlite_store, tmp_path):
     store = sqlite_store
     assert store.journal_mode == "wal"

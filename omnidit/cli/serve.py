@@ -24,7 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from omnidit.serving.settings import ServeSettings
 
     s = ConfigFlags(p, ServeSettings)
-    s.add("--model", help="shipped model name or diffusers-format folder (default: the embedded model)")
+    p.add_argument("--model", action="append", default=None, metavar="MODEL",
+                   help="shipped model name or diffusers-format folder (default: the embedded model); repeat it to "
+                        "serve several, a generator deployment each: a request's `model` picks one, the first is "
+                        "the default")
     p.add_argument("--host", default=DEFAULT_HOST)
     p.add_argument("--port", type=port_number("--port"), default=SERVICE_PORT)
     s.add("--data-dir", help="job database and outputs")
@@ -69,13 +72,15 @@ def settings(args: argparse.Namespace) -> ServeSettings:
     from omnidit.serving.generator import check_supported
 
     try:
-        resolve_model(args.model or default_model())  # a wrong --model fails here, in one line, before Ray starts
+        for model in args.model or [default_model()]:  # a wrong --model fails here, in one line, before Ray starts
+            resolve_model(model)
         workers = args.ulysses_degree * args.ring_degree * (2 if args.cfg_parallel else 1)
         gpus = args.gpus_per_replica
         if gpus is None:
             gpus = workers if _cuda_available() and args.device != "cpu" else 0
         s = args.config_flags.build(
-            args, api_key=args.api_key or os.environ.get("OMNIDIT_API_KEY") or None, gpus_per_replica=gpus,
+            args, model=args.model, api_key=args.api_key or os.environ.get("OMNIDIT_API_KEY") or None,
+            gpus_per_replica=gpus,
             batch_wait_s=args.batch_wait_ms / 1000, ulysses_degree=args.ulysses_degree,
             ring_degree=args.ring_degree, cfg_parallel=args.cfg_parallel)
         check_supported(s)
@@ -122,18 +127,21 @@ def run(args: argparse.Namespace) -> int:
 
     embedded = args.address is None
     # The embedded Ray must fit every replica, or Serve would wait for resources forever.
-    num_cpus = max(args.num_cpus or min(4, os.cpu_count() or 1), math.ceil(s.replicas * s.cpus_per_replica))
+    # Each served model has its own generator deployment of --replicas replicas.
+    replicas = s.replicas * len(s.models)
+    num_cpus = max(args.num_cpus or min(4, os.cpu_count() or 1), math.ceil(replicas * s.cpus_per_replica))
     if embedded and s.gpus_per_replica:
         import torch
 
         have = torch.cuda.device_count()
-        if s.replicas * s.gpus_per_replica > have:
-            raise UserError(f"--replicas {s.replicas} x --gpus-per-replica {s.gpus_per_replica} needs "
-                            f"{s.replicas * s.gpus_per_replica} GPUs; this machine has {have}")
+        if replicas * s.gpus_per_replica > have:
+            per_model = f" x {len(s.models)} models" if len(s.models) > 1 else ""
+            raise UserError(f"--replicas {s.replicas}{per_model} x --gpus-per-replica {s.gpus_per_replica} needs "
+                            f"{replicas * s.gpus_per_replica} GPUs; this machine has {have}")
     try:
         url = app.start(s, host=args.host, port=args.port, address=args.address, num_cpus=num_cpus)
         signal.signal(signal.SIGTERM, _terminate)  # after ray.init, which installs its own
-        model = s.model or "the embedded model"
+        model = ", ".join(m or "the embedded model" for m in s.models)
         print(f"omnidit serving {model} at {url}  (API docs: {url}/docs; data: {s.data_path}; Ctrl-C to stop)",
               flush=True)
         while True:

@@ -17,12 +17,15 @@ import time
 from omnidit.cli.common import DEFAULT_HOST, DEMO_PORT, SERVICE_PORT, UserError, port_number
 
 HELP = "start the service and the Gradio demo together; print both URLs"
+UP_MODELS = ("shapes-turbo", "shapes")  # the shipped few-step student first (the default), then its teacher
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from omnidit.serving.settings import ServeSettings
 
-    p.add_argument("--model", default=None, help="shipped model name or folder (default: the embedded model)")
+    p.add_argument("--model", action="append", default=None, metavar="MODEL",
+                   help="shipped model name or folder; repeat it to serve several, the first is the default "
+                        f"(default: {' and '.join(UP_MODELS)}, the demo's model picker offers both)")
     p.add_argument("--host", default=DEFAULT_HOST)
     p.add_argument("--port", type=port_number("--port"), default=SERVICE_PORT, help="service port")
     p.add_argument("--demo-port", type=port_number("--demo-port"), default=DEMO_PORT)
@@ -30,6 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None, help="require this bearer token (default: $OMNIDIT_API_KEY)")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the service")
     p.set_defaults(func=run)
+
+
+def _up_models() -> list[str]:
+    """UP_MODELS as far as they are shipped (a checkout without the weights: the embedded default alone)."""
+    from omnidit.model_folder import shipped_models
+
+    return [m for m in UP_MODELS if m in shipped_models()]
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> bool:
@@ -75,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
         env["OMNIDIT_API_KEY"] = args.api_key
     me = [sys.executable, "-m", "omnidit"]
     serve = me + ["serve", "--host", args.host, "--port", str(args.port), "--data-dir", args.data_dir]
-    if args.model:
-        serve += ["--model", args.model]
+    for model in args.model or _up_models():
+        serve += ["--model", model]
     api = f"http://{args.host}:{args.port}"
     procs: list[subprocess.Popen] = []
     previous = signal.signal(signal.SIGTERM, _raise_terminated)

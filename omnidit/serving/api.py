@@ -155,17 +155,14 @@ def create_app(service: Service) -> FastAPI:
     async def delete_video(video_id: str = Path(description="video_<32 hex>; any other value is 404")):
         return JSONResponse(await service.delete_video(video_id))
 
-    @app.get("/v1/models", tags=["models"], summary="The served model", responses=_errors())
+    @app.get("/v1/models", tags=["models"], summary="The served models, the default (first) one first",
+             responses=_errors())
     async def list_models():
-        info = await service.model_info()
-        return {"object": "list", "data": [_model_card(info)]}
+        return {"object": "list", "data": [_model_card(info) for info in await service.models()]}
 
     @app.get("/v1/models/{model_id:path}", tags=["models"], summary="One model", responses=_errors(404))
     async def get_model(model_id: str):
-        info = await service.model_info()
-        if model_id not in (info.id, info.name):
-            return error_response(404, f"model {model_id!r} is not served here", param="model",
-                                  code="model_not_found")
+        _, info = await service.route(model_id)  # 404 model_not_found naming the served ones
         return _model_card(info)
 
     @app.get("/health", tags=["ops"], summary="200 when a generator replica answers, else 503",
@@ -183,10 +180,10 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi():
         try:
-            info = await asyncio.wait_for(service.model_info(), timeout=10)
-        except Exception:  # no replica yet: the document without the model's sizes
-            info = None
-        return JSONResponse(openapi_document(app, service.settings, info))
+            infos = await asyncio.wait_for(service.models(), timeout=10)
+        except Exception:  # no replica yet: the document without the models' names and sizes
+            infos = None
+        return JSONResponse(openapi_document(app, service.settings, infos))
 
     @app.get("/docs", include_in_schema=False)
     async def docs():

@@ -14,7 +14,7 @@ from ray.serve.exceptions import BackPressureError
 
 from omnidit.serving.api import create_app
 from omnidit.serving.errors import ApiError
-from omnidit.serving.generator import generator_deployment
+from omnidit.serving.generator import deployment_name, generator_deployment
 from omnidit.serving.service import Service
 from omnidit.serving.settings import ServeSettings, configure_logging
 
@@ -64,9 +64,9 @@ class RayGeneratorClient:
 class Ingress:
     """HTTP in front; holds the job store and the output folder, never a model."""
 
-    def __init__(self, generator, settings: dict):
-        configure_logging()
-        self.service = Service(ServeSettings.from_dict(settings), RayGeneratorClient(generator))
+    def __init__(self, generators: list, settings: dict):
+        configure_logging()  # one generator deployment handle per served model, in settings' order
+        self.service = Service(ServeSettings.from_dict(settings), [RayGeneratorClient(g) for g in generators])
 
     def __serve_build_asgi_app__(self):
         return create_app(self.service)
@@ -83,13 +83,16 @@ class Ingress:
 def build_app(settings: ServeSettings):
     """The bound application (no Ray calls yet)."""
     s = settings.to_dict()
-    generator = generator_deployment(settings).bind(dict(s, api_key=None))  # replicas never need the key
+    generators = [  # a deployment per served model; the first also runs jobs that name no model
+        generator_deployment(settings.for_model(m), deployment_name(i, m)).bind(
+            dict(settings.for_model(m).to_dict(), api_key=None), i == 0)  # replicas never need the key
+        for i, m in enumerate(settings.models)]
     ingress = serve.deployment(Ingress).options(
         name="Ingress", num_replicas=settings.ingress_replicas,
         # The ingress only awaits; admission control (429) is its job, so Serve must not queue in front of it.
         max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},
         health_check_period_s=settings.health_check_period_s)
-    return ingress.bind(generator, s)
+    return ingress.bind(generators, s)
 
 
 def build(args: dict):

@@ -234,9 +234,13 @@ class GeneratorEngine:
     """A Pipeline on one device (or a parallel WorkerGroup), shared by image batches and (if
     `run_jobs`) the video-job worker."""
 
-    def __init__(self, settings: ServeSettings, *, run_jobs: bool | None = None):
+    def __init__(self, settings: ServeSettings, *, run_jobs: bool | None = None, default_model: bool = True):
+        """`settings.model` is this engine's one model; `default_model`: it is the service's first, so its
+        video-job worker also runs jobs that name no model."""
         from omnidit.pipeline import Pipeline
 
+        if isinstance(settings.model, list):
+            raise TypeError("a generator engine serves one model: give it settings.for_model(model)")
         self.settings = settings
         t0 = time.perf_counter()
         self.parallel = settings.workers_per_replica > 1
@@ -259,7 +263,8 @@ class GeneratorEngine:
                                     poll_s=settings.poll_s, log_prompts=settings.log_prompts,
                                     # workers run ahead of the callbacks: images cannot cut in mid-video
                                     between_steps=None if self.parallel else self.gate.yield_to_images,
-                                    redact=self._redact if settings.store_prompts == "hash" else None)
+                                    redact=self._redact if settings.store_prompts == "hash" else None,
+                                    model=self.info.id, default_model=default_model)
             self.runner.start()
 
     def _redact(self, prompt: str) -> str:

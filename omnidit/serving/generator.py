@@ -24,16 +24,16 @@ import logging
 from ray import serve
 
 from omnidit.serving.engine import GeneratorEngine, events_from_thread
-from omnidit.serving.settings import ServeSettings, configure_logging
+from omnidit.serving.settings import ServeSettings, configure_logging, model_id
 
 log = logging.getLogger("omnidit.serving")
 
 
 class Generator:
-    def __init__(self, settings: dict):
+    def __init__(self, settings: dict, default_model: bool = True):
         configure_logging()
         self.settings = ServeSettings.from_dict(settings)
-        self.engine = GeneratorEngine(self.settings)
+        self.engine = GeneratorEngine(self.settings, default_model=default_model)
         # Batch parameters come from settings; 1 turns batching off (each request runs alone).
         self.batched_images.set_max_batch_size(self.settings.max_batch_size)
         self.batched_images.set_batch_wait_timeout_s(self.settings.batch_wait_s)
@@ -86,10 +86,10 @@ def check_supported(s: ServeSettings) -> None:
                          f"with gpus_per_replica={g}, got {s.device!r}")
 
 
-def generator_options(s: ServeSettings) -> dict:
+def generator_options(s: ServeSettings, name: str = "Generator") -> dict:
     """Serve deployment options for the generator (replicas, resources, queue bound, health checks)."""
     opts = {
-        "name": "Generator",
+        "name": name,
         "num_replicas": s.replicas,
         # Batching needs several requests inside a replica at once; health/info calls need room too.
         "max_ongoing_requests": 2 * s.max_batch_size + 4,
@@ -105,6 +105,14 @@ def generator_options(s: ServeSettings) -> dict:
     return opts
 
 
-def generator_deployment(s: ServeSettings):
+def generator_deployment(s: ServeSettings, name: str = "Generator"):
     check_supported(s)
-    return serve.deployment(Generator).options(**generator_options(s))
+    return serve.deployment(Generator).options(**generator_options(s, name))
+
+
+def deployment_name(index: int, model: str | None) -> str:
+    """`Generator` for the first model (one model: as ever), `Generator-2-<model id>` and so on for the others."""
+    if index == 0:
+        return "Generator"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id(model))
+    return f"Generator-{index + 1}-{safe}"

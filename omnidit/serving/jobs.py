@@ -46,6 +46,9 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, id)",
     "CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value DOUBLE PRECISION NOT NULL)",
 ]
+# Columns added after the first release, for stores created before them: (name, SQL type).
+# model: the served model a job runs on (NULL in older rows: the service's first model).
+_ADDED_COLUMNS = [("model", "TEXT")]
 _LIST_ORDER = {"desc": ("<", "DESC"), "asc": (">", "ASC")}
 _REDACTED = re.compile(r"hmac-sha256:[0-9a-f]{64}")  # a prompt kept as its keyed hash (omnidit/safety/audit.py)
 
@@ -76,6 +79,7 @@ class Job:
     idempotency_key: str | None
     request_hash: str | None
     output: str | None
+    model: str | None = None  # the model id it runs on; None: a row from before several models (the first)
 
     @classmethod
     def from_row(cls, row: dict) -> "Job":
@@ -89,14 +93,15 @@ class Job:
         return self.status in TERMINAL
 
     def to_api(self, model_id: str) -> dict:
-        """The public job object (OpenAI video-shaped); leases and hashes stay private."""
+        """The public job object (OpenAI video-shaped); leases and hashes stay private. `model_id`: the
+        service's default model, named for rows that do not record theirs."""
         p = self.params
 
         def ts(t):
             return None if t is None else int(t)
 
         return {
-            "id": self.id, "object": "video", "model": model_id, "status": self.status,
+            "id": self.id, "object": "video", "model": self.model or model_id, "status": self.status,
             "progress": self.progress, "created_at": ts(self.created_at), "started_at": ts(self.started_at),
             "completed_at": ts(self.finished_at) if self.status == "completed" else None,
             "finished_at": ts(self.finished_at), "expires_at": ts(self.expires_at),
@@ -112,6 +117,17 @@ class JobStore:
 
     skip_locked = ""  # Postgres: concurrent claimers skip each other's rows
     integrity_errors: tuple = ()
+    columns_sql = ""  # the jobs table's column names, as rows {"name": ...}
+
+    def _migrate(self, q) -> None:
+        """The schema, plus the columns a store created by an older release lacks."""
+        for stmt in _SCHEMA:
+            q(stmt, ())
+        rows, _ = q(self.columns_sql, ())
+        have = {r["name"] for r in rows}
+        for name, type_ in _ADDED_COLUMNS:
+            if name not in have:
+                q(f"ALTER TABLE jobs ADD COLUMN {name} {type_}", ())
 
     def __init__(self, *, retention_s: float, max_attempts: int = 3):
         self.retention_s = float(retention_s)
@@ -128,9 +144,10 @@ class JobStore:
 
     # -- creating and reading ------------------------------------------------------------------
     def create(self, prompt: str, params: dict, *, idempotency_key: str | None = None,
-               request_hash: str | None = None, max_queued: int | None = None,
+               request_hash: str | None = None, max_queued: int | None = None, model: str | None = None,
                now: float | None = None) -> tuple[Job, bool]:
-        """Insert a queued job (durable on return). Same key + same request -> (existing job, False).
+        """Insert a queued job (durable on return) for `model` (its id; None: whichever claims it).
+        Same key + same request -> (existing job, False).
 
         Raises IdempotencyConflict (key reused with another request) or QueueFull (`max_queued` waiting).
         """
@@ -151,8 +168,9 @@ class JobStore:
                             raise QueueFull(max_queued)
                     job_id = new_video_id()
                     q("INSERT INTO jobs (id, status, progress, prompt, params, created_at, expires_at, attempts,"
-                      " idempotency_key, request_hash) VALUES (?, 'queued', 0, ?, ?, ?, ?, 0, ?, ?)",
-                      (job_id, prompt, json.dumps(params), now, now + self.retention_s, idempotency_key, request_hash))
+                      " idempotency_key, request_hash, model) VALUES (?, 'queued', 0, ?, ?, ?, ?, 0, ?, ?, ?)",
+                      (job_id, prompt, json.dumps(params), now, now + self.retention_s, idempotency_key, request_hash,
+                       model))
                     return self._get(q, job_id), True
             except self.integrity_errors:  # a concurrent create won the key (Postgres): read its job
                 if attempt:
@@ -192,13 +210,18 @@ class JobStore:
         return out
 
     # -- the worker side ----------------------------------------------------------------------
-    def claim(self, owner: str, lease_s: float, now: float | None = None) -> Job | None:
-        """Take the oldest queued job under a lease of `lease_s` seconds (expired leases are reaped first)."""
+    def claim(self, owner: str, lease_s: float, now: float | None = None, *, model: str | None = None,
+              default: bool = False) -> Job | None:
+        """Take the oldest queued job under a lease of `lease_s` seconds (expired leases are reaped first).
+        `model`: only that model's jobs (and, with `default`, rows that name no model); None: any job."""
         now = time.time() if now is None else now
+        where, args = "", ()
+        if model is not None:
+            where, args = " AND (model = ?" + (" OR model IS NULL)" if default else ")"), (model,)
         with self._tx() as q:
             self._reap(q, now)
-            rows, _ = q("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1"
-                        + self.skip_locked, ())
+            rows, _ = q(f"SELECT id FROM jobs WHERE status = 'queued'{where} ORDER BY created_at, id LIMIT 1"
+                        + self.skip_locked, args)
             if not rows:
                 return None
             job_id = rows[0]["id"]
@@ -259,6 +282,19 @@ class JobStore:
         _, requeued = q("UPDATE jobs SET status = 'queued', progress = 0, lease_owner = NULL, lease_expires = NULL"
                         " WHERE status = 'in_progress' AND lease_expires < ?", (now,))
         return {"failed": failed, "requeued": requeued}
+
+    def fail_unserved(self, models: list[str], now: float | None = None) -> int:
+        """Fail queued jobs of a model this service no longer serves (a restart with other models), so
+        none waits forever; rows that name no model belong to the first and are kept."""
+        now = time.time() if now is None else now
+        error = {"code": "model_not_found", "message": (
+            f"the model this job was queued for is no longer served here (served: {', '.join(models)})")}
+        with self._tx() as q:
+            marks = ", ".join("?" * len(models))
+            _, n = q("UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, expires_at = ?"
+                     f" WHERE status = 'queued' AND model IS NOT NULL AND model NOT IN ({marks})",
+                     (json.dumps(error), now, now + self.retention_s, *models))
+        return n
 
     # -- the client side ----------------------------------------------------------------------
     def cancel(self, job_id: str, now: float | None = None) -> Job | None:
@@ -324,6 +360,7 @@ class SQLiteJobStore(JobStore):
     """One file under the data dir, WAL mode: readers never block the writer; every commit is fsynced."""
 
     integrity_errors = (sqlite3.IntegrityError,)
+    columns_sql = "SELECT name FROM pragma_table_info('jobs')"
 
     def __init__(self, path: str | Path, **kw):
         super().__init__(**kw)
@@ -336,8 +373,7 @@ class SQLiteJobStore(JobStore):
         self.journal_mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         self._conn.execute("PRAGMA synchronous = FULL")  # a 202'd job survives power loss, not just a crash
         with self._tx() as q:
-            for stmt in _SCHEMA:
-                q(stmt, ())
+            self._migrate(q)
 
     def _q(self, sql: str, params=()) -> tuple[list[dict], int]:
         cur = self._conn.execute(sql, params)
@@ -364,6 +400,8 @@ class PostgresJobStore(JobStore):
     """The same semantics on PostgreSQL (psycopg 3), for replicas on several nodes."""
 
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    columns_sql = ("SELECT column_name AS name FROM information_schema.columns"
+                   " WHERE table_name = 'jobs' AND table_schema = current_schema()")
 
     def __init__(self, url: str, **kw):
         super().__init__(**kw)
@@ -377,8 +415,8 @@ class PostgresJobStore(JobStore):
         self._lock = threading.RLock()
         self._conn = psycopg.connect(url, autocommit=True, row_factory=dict_row)
         with self._tx() as q:
-            for stmt in _SCHEMA:
-                q(stmt, ())
+            q("SELECT pg_advisory_xact_lock(2126)", ())  # two services starting together migrate one at a time
+            self._migrate(q)
 
     def _q(self, sql: str, params=()) -> tuple[list[dict], int]:
         cur = self._conn.execute(sql.replace("?", "%s"), params)

@@ -3,8 +3,10 @@
 - `POST /v1/videos` reads its body by hand (JSON or multipart/form-data), so `VideoRequest`
   and the stream event schema are added to the components here.
 - Limits that depend on the deployment are stated in the schema: `steps` <= `--max-steps`,
-  `n` <= `--max-images`, and, once a generator replica has answered, the served model's sizes
-  (an enum when it is short, else a pattern), frame counts and longest `seconds`.
+  `n` <= `--max-images`, and, once the generator replicas have answered, the served models'
+  names (`model` as an enum), sizes (an enum when it is short, else a pattern), frame counts and
+  longest `seconds`. With several models the enums are their union and the descriptions say
+  which model allows what.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def model_sizes(info: ModelInfo) -> list[str]:
     return [f"{w}x{h}" for w in range(m, info.max_width + 1, m) for h in range(m, info.max_height + 1, m)]
 
 
-def openapi_document(app, settings: ServeSettings, info: ModelInfo | None) -> dict:
+def openapi_document(app, settings: ServeSettings, infos: list[ModelInfo] | None) -> dict:
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for model in (VideoRequest, ImageStreamEvent):
@@ -45,23 +47,32 @@ def openapi_document(app, settings: ServeSettings, info: ModelInfo | None) -> di
         _set(props["steps"], "integer", maximum=settings.max_steps)
         props["steps"]["description"] = f"1-{settings.max_steps} on this service; default: the model's own"
     _set(image["n"], "integer", maximum=settings.max_images)
-    if info is None:
+    if not infos:
         return doc
-    sizes = model_sizes(info)
-    size_doc = (f"WIDTHxHEIGHT, both sides multiples of {info.size_multiple} up to {info.max_width}x{info.max_height}"
-                f" for {info.id}; \"auto\" or absent: {info.width}x{info.height}")
+    for props in (image, video):  # ids only: a folder's path (also accepted) is not the document's business
+        _set(props["model"], "string", enum=[i.id for i in infos])
+        props["model"]["description"] = (f"one of the served models: {', '.join(i.id for i in infos)}; "
+                                         f"default (absent): {infos[0].id}")
+    sizes = list(dict.fromkeys(size for info in infos for size in model_sizes(info)))
+    size_doc = "; ".join(f"WIDTHxHEIGHT, both sides multiples of {i.size_multiple} up to {i.max_width}x"
+                         f"{i.max_height} for {i.id} (\"auto\" or absent: {i.width}x{i.height})" for i in infos)
     for props in (image, video):
         if len(sizes) + 1 <= MAX_ENUM:
             _set(props["size"], "string", enum=["auto", *sizes])
         else:
             _set(props["size"], "string", pattern=r"^(auto|[0-9]{1,5}x[0-9]{1,5})$")
         props["size"]["description"] = size_doc
-    t = info.temporal_ratio
-    _set(video["frames"], "integer", enum=list(range(1, info.max_frames + 1, t)), maximum=info.max_frames)
-    video["frames"]["description"] = f"1 mod {t}, at most {info.max_frames}"
+    frames = sorted({f for i in infos for f in range(1, i.max_frames + 1, i.temporal_ratio)})
+    _set(video["frames"], "integer", enum=frames, maximum=max(i.max_frames for i in infos))
+    video["frames"]["description"] = "; ".join(f"1 mod {i.temporal_ratio}, at most {i.max_frames} for {i.id}"
+                                               for i in infos)
     # seconds -> frames = 1 + t * round((seconds * fps - 1) / t); the longest that stays within max_frames
-    longest = ((info.max_frames - 1) // t * t + 1) / info.fps
-    video["seconds"]["description"] = (f"a number or numeric string; at {info.fps} fps (the default) at most "
-                                       f"{longest:g} s, at another fps seconds * fps + 1 must stay within "
-                                       f"{info.max_frames} frames; not together with frames")
+    video["seconds"]["description"] = "a number or numeric string; not together with frames; " + "; ".join(
+        f"for {i.id} at {i.fps} fps (its default) at most {_longest(i):g} s, at another fps seconds * fps + 1 "
+        f"must stay within {i.max_frames} frames" for i in infos)
     return doc
+
+
+def _longest(info: ModelInfo) -> float:
+    t = info.temporal_ratio
+    return ((info.max_frames - 1) // t * t + 1) / info.fps

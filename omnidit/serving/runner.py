@@ -94,8 +94,11 @@ def worker_id() -> str:
 class JobRunner:
     def __init__(self, store: JobStore, outputs: OutputDir, generate: GenerateFn, *, lease_s: float = 60.0,
                  poll_s: float = 0.5, owner: str | None = None, log_prompts: bool = False,
-                 between_steps: Callable[[], None] | None = None, redact: Callable[[str], str] | None = None):
+                 between_steps: Callable[[], None] | None = None, redact: Callable[[str], str] | None = None,
+                 model: str | None = None, default_model: bool = True):
         self.store, self.outputs, self.generate = store, outputs, generate
+        # Only this model's jobs (its id; None: any job); the default model also takes rows naming none.
+        self.model, self.default_model = model, default_model
         self.lease_s, self.poll_s = lease_s, poll_s
         self.owner = owner or worker_id()
         self.log_prompts = log_prompts
@@ -133,7 +136,7 @@ class JobRunner:
     # -- one job ------------------------------------------------------------------------------
     def run_one(self) -> Job | None:
         """Claim and run one queued job; returns its final row, or None if the queue was empty."""
-        job = self.store.claim(self.owner, self.lease_s)
+        job = self.store.claim(self.owner, self.lease_s, model=self.model, default=self.default_model)
         if job is None:
             return None
         self.current = job.id

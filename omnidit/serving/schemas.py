@@ -97,7 +97,7 @@ class ImageRequest(_Body):
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     cache: str | None = Field(None, description=CACHE_FIELD, examples=["fbcache", "teacache:0.15"])
     response_format: Literal["b64_json", "url"] = "b64_json"
-    model: str | None = Field(None, description="must name the served model when given")
+    model: str | None = Field(None, description="one of the served models (GET /v1/models); default: the first")
     # OpenAI's images fields (README "Using the OpenAI Python client" has the honoured/ignored/refused table).
     output_format: Literal["png", "jpeg", "webp", "gif", "svg"] = Field(
         "png", description="png, jpeg or webp (gif and svg are refused with 422)")
@@ -135,7 +135,7 @@ class VideoRequest(_Body):
     guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     cache: str | None = Field(None, description=CACHE_FIELD, examples=["fbcache", "magcache:0.1"])
-    model: str | None = None
+    model: str | None = Field(None, description="one of the served models (GET /v1/models); default: the first")
     user: str | None = Field(None, max_length=256)
     input_reference: str | dict | None = Field(
         None, description="image-to-video is not served yet: any value is refused with 422 naming this field")
@@ -153,10 +153,21 @@ class VideoRequest(_Body):
         return v
 
 
+def pick_model(requested: str | None, served: list[ModelInfo]) -> int:
+    """Index of the served model a request's `model` names (by id or by the name it was served as);
+    None picks the first. Another name is a 404 `model_not_found` listing the served ones."""
+    if requested is None:
+        return 0
+    for i, info in enumerate(served):
+        if requested in (info.id, info.name):
+            return i
+    names = ", ".join(repr(info.id) for info in served)
+    raise ApiError(404, f"model {requested!r} is not served here; this service serves {names}",
+                   param="model", code="model_not_found")
+
+
 def check_model(requested: str | None, info: ModelInfo) -> None:
-    if requested is not None and requested not in (info.id, info.name):
-        raise ApiError(404, f"model {requested!r} is not served here; this service serves {info.id!r}",
-                       param="model", code="model_not_found")
+    pick_model(requested, [info])
 
 
 def parse_size(size: str | None, info: ModelInfo) -> tuple[int, int]:

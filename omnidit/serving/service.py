@@ -26,7 +26,7 @@ from omnidit.serving.errors import ApiError
 from omnidit.serving.files import OutputDir, is_image_id, is_video_id
 from omnidit.serving.jobs import STATUSES, IdempotencyConflict, QueueFull, open_store
 from omnidit.serving.metrics import Metrics
-from omnidit.serving.schemas import ImageRequest, ModelInfo, VideoRequest, resolve_image, resolve_video
+from omnidit.serving.schemas import ImageRequest, ModelInfo, VideoRequest, pick_model, resolve_image, resolve_video
 from omnidit.serving.settings import ServeSettings
 
 log = logging.getLogger("omnidit.serving")
@@ -71,16 +71,21 @@ def _not_found(job_id: str) -> ApiError:
 
 
 class Service:
-    def __init__(self, settings: ServeSettings, generator: GeneratorClient, *, start_sweeper: bool = True):
+    def __init__(self, settings: ServeSettings, generators: GeneratorClient | list[GeneratorClient], *,
+                 start_sweeper: bool = True):
+        """`generators`: one client per served model, in `settings.models` order (the first is the default)."""
         self.settings = settings
-        self.generator = generator
+        self.generators = list(generators) if isinstance(generators, (list, tuple)) else [generators]
+        if len(self.generators) != len(settings.models):
+            raise ValueError(f"{len(settings.models)} served models need as many generators, "
+                             f"got {len(self.generators)}")
         self.store = open_store(settings.store_url, retention_s=settings.retention_s,
                                 max_attempts=settings.max_attempts)
         self.outputs = OutputDir(settings.data_path)
         self.metrics = Metrics()
         self.moderator = content.moderator(settings, "prompt")  # None without --moderation
         self._prompt_key = content.prompt_key(settings) if settings.store_prompts == "hash" else None
-        self._info: ModelInfo | None = None
+        self._infos: list[ModelInfo] | None = None
         self._pending_images = 0
         self._image_s = 1.0  # running mean of an image request's time, for Retry-After
         self._stop = threading.Event()
@@ -96,10 +101,22 @@ class Service:
             return False
         return hmac.compare_digest(header[len("Bearer "):].strip().encode(), key.encode())
 
+    async def models(self) -> list[ModelInfo]:
+        """Every served model's card, in order (asked of their replicas once)."""
+        if self._infos is None:
+            infos = await asyncio.gather(*(g.info() for g in self.generators))
+            self._infos = [ModelInfo.from_dict(d) for d in infos]
+        return self._infos
+
     async def model_info(self) -> ModelInfo:
-        if self._info is None:
-            self._info = ModelInfo.from_dict(await self.generator.info())
-        return self._info
+        """The default (first) model."""
+        return (await self.models())[0]
+
+    async def route(self, requested: str | None) -> tuple[GeneratorClient, ModelInfo]:
+        """The generator and card of the model a request names (None: the first); else 404 model_not_found."""
+        infos = await self.models()
+        i = pick_model(requested, infos)
+        return self.generators[i], infos[i]
 
     def _prompt(self, prompt: str) -> str:
         return f" prompt={prompt!r}" if self.settings.log_prompts else ""
@@ -127,7 +144,7 @@ class Service:
         self._pending_images += 1  # no await between the check and this: the event loop makes it atomic
 
     async def generate_images(self, req: ImageRequest, base_url: str) -> dict:
-        info = await self.model_info()
+        generator, info = await self.route(req.model)
         payload = resolve_image(req, info, max_images=self.settings.max_images, max_steps=self.settings.max_steps)
         payload["request_id"] = request_id = "req_" + secrets.token_hex(12)
         payload["moderation"] = req.moderation  # OpenAI's field: the policy's strictness (auto | low)
@@ -135,7 +152,7 @@ class Service:
         self._admit_image()
         t0 = time.perf_counter()
         try:
-            result = await self.generator.images(payload)
+            result = await generator.images(payload)
         finally:
             self._pending_images -= 1
         if "error" in result:
@@ -163,20 +180,21 @@ class Service:
         """`stream: true`: checks and admission now (errors are plain JSON 4xx), then an async iterator of
         Server-Sent Events: `image_generation.partial_image` x partial_images, `image_generation.completed`
         (or one `error` event with the JSON error body)."""
-        info = await self.model_info()
+        generator, info = await self.route(req.model)
         payload = resolve_image(req, info, max_images=self.settings.max_images, max_steps=self.settings.max_steps)
         payload["request_id"] = request_id = "req_" + secrets.token_hex(12)
         payload["moderation"] = req.moderation
         await self._moderate(req, request_id, req.moderation)
         self._admit_image()
-        return self._image_events(req, payload)
+        return self._image_events(req, payload, generator)
 
-    async def _image_events(self, req: ImageRequest, payload: dict) -> AsyncIterator[str]:
+    async def _image_events(self, req: ImageRequest, payload: dict,
+                            generator: GeneratorClient) -> AsyncIterator[str]:
         common = {"size": f"{payload['width']}x{payload['height']}", "output_format": req.output_format,
                   "background": "opaque", "quality": "auto"}
         t0 = time.perf_counter()
         try:
-            async for ev in self.generator.stream_images(payload):
+            async for ev in generator.stream_images(payload):
                 b64 = base64.b64encode(ev["image"]).decode("ascii") if "image" in ev else None
                 if ev["type"] == "partial":
                     yield _sse("image_generation.partial_image", {
@@ -219,7 +237,7 @@ class Service:
 
     # -- video jobs ---------------------------------------------------------------------------
     async def create_video(self, req: VideoRequest, idempotency_key: str | None) -> tuple[dict, bool]:
-        info = await self.model_info()
+        _, info = await self.route(req.model)
         params = resolve_video(req, info, max_steps=self.settings.max_steps)
         if idempotency_key is not None and not (idempotency_key.isprintable() and idempotency_key.strip()):
             raise ApiError(400, "Idempotency-Key must be 1-255 printable characters", param="Idempotency-Key",
@@ -234,7 +252,7 @@ class Service:
         try:
             job, created = await asyncio.to_thread(
                 self.store.create, req.prompt, params, idempotency_key=idempotency_key, request_hash=digest,
-                max_queued=self.settings.max_queued_jobs)
+                max_queued=self.settings.max_queued_jobs, model=info.id)  # the job runs on this model's replicas
         except IdempotencyConflict:
             raise ApiError(409, "this Idempotency-Key was already used with a different request",
                            param="Idempotency-Key", code="idempotency_conflict") from None
@@ -308,14 +326,14 @@ class Service:
 
     # -- health, metrics, expiry ----------------------------------------------------------------
     async def health(self) -> tuple[int, dict]:
-        try:
-            gen = await asyncio.wait_for(self.generator.health(), timeout=10)
-            info = await self.model_info()
+        try:  # every served model's generator must answer
+            gens = await asyncio.wait_for(asyncio.gather(*(g.health() for g in self.generators)), timeout=10)
+            infos = await self.models()
             counts = await asyncio.to_thread(self.store.counts)
         except Exception as e:
             return 503, {"status": "unavailable", "reason": f"{type(e).__name__}: {e}"[:300]}
-        return 200, {"status": "ok", "model": info.id, "generator": gen, "jobs": counts,
-                     "image_queue_depth": self._pending_images}
+        return 200, {"status": "ok", "model": infos[0].id, "models": [i.id for i in infos], "generator": gens[0],
+                     "generators": gens, "jobs": counts, "image_queue_depth": self._pending_images}
 
     def render_metrics(self) -> str:
         counts, stats = self.store.counts(), self.store.stats()
@@ -331,6 +349,8 @@ class Service:
         """Requeue/fail jobs with dead leases; delete expired jobs with their files, and old images."""
         now = time.time() if now is None else now
         reaped = self.store.reap(now)
+        if self._infos is not None:  # after a restart with other models: their queued jobs fail, not wait
+            reaped["unserved"] = self.store.fail_unserved([i.id for i in self._infos], now)
         if self._prompt_key is not None:  # jobs the reaper failed, or that finished before a restart
             self.store.redact_prompts(self._redact)
         expired = self.store.delete_expired(now)

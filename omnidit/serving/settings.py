@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -33,7 +33,9 @@ def parse_duration(value: str | float | int, field: str = "retention") -> float:
 
 @dataclass
 class ServeSettings:
-    model: str | None = None  # shipped name or diffusers-format folder; None = the embedded default
+    # A shipped name or diffusers-format folder (None = the embedded default), or a list of them: a generator
+    # deployment each, a request's `model` picks one, the first is the default (README "Several models").
+    model: str | list[str] | None = None
     data_dir: str = "omnidit-data"  # job database (SQLite) and outputs; shared storage across nodes
     job_store: str | None = None  # None = sqlite under data_dir; or postgresql://... for several nodes
     api_key: str | None = None  # bearer token required on /v1/* when set
@@ -75,6 +77,7 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if self.api_key == "":
             self.api_key = None
+        self._check_models()
         self.retention_s = parse_duration(self.retention_s, "retention")
         for name, low in (("replicas", 1), ("ingress_replicas", 1), ("max_batch_size", 1), ("max_batch_images", 1),
                           ("max_pending_images", 1), ("max_queued_jobs", 1), ("max_images", 1), ("max_steps", 1),
@@ -125,6 +128,29 @@ class ServeSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def _check_models(self) -> None:
+        if isinstance(self.model, (list, tuple)):
+            models = list(self.model)
+            if not models or not all(isinstance(m, str) and m.strip() for m in models):
+                raise ValueError("model must be a model name or folder, or a non-empty list of them, "
+                                 f"got {self.model!r}")
+            ids = [model_id(m) for m in models]
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            if twice:
+                raise ValueError(f"model: each served model needs its own name, got {twice} more than once")
+            self.model = models[0] if len(models) == 1 else models
+        elif self.model is not None and not (isinstance(self.model, str) and self.model.strip()):
+            raise ValueError(f"model must be a model name or folder, or a non-empty list of them, got {self.model!r}")
+
+    @property
+    def models(self) -> list[str | None]:
+        """The served models in order (the first is the default); [None] = the embedded default alone."""
+        return list(self.model) if isinstance(self.model, list) else [self.model]
+
+    def for_model(self, model: str | None) -> "ServeSettings":
+        """These settings for one generator deployment: the same knobs, one model."""
+        return replace(self, model=model)
+
     @property
     def workers_per_replica(self) -> int:
         """Processes of one replica's worker group (1 = a plain Pipeline in the replica itself)."""
@@ -137,6 +163,15 @@ class ServeSettings:
     @property
     def store_url(self) -> str:
         return self.job_store or f"sqlite:///{self.data_path / 'jobs.db'}"
+
+
+def model_id(model: str | None) -> str:
+    """The name clients send in `model` for a served model (a folder's last part), as ModelInfo.id has it."""
+    if model is None:
+        from omnidit.model_folder import default_model
+
+        model = default_model()
+    return Path(str(model)).expanduser().name
 
 
 def configure_logging(level: int = 20) -> None:

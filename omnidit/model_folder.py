@@ -112,10 +112,13 @@ class ModelFolder:
             raise ValueError(f"{p} must hold a JSON object, got {type(data).__name__}")
         return data
 
-    def sampling(self, guidance_embeds: bool):
-        """The folder's sampling defaults and limits (a PipelineConfig)."""
-        from omnidit.pipeline_config import read_pipeline_config
+    def sampling(self, guidance_embeds: bool = False):
+        """The folder's sampling defaults and limits (a PipelineConfig); a HunyuanVideo-1.5 folder's
+        come from its own scheduler, guider and transformer configs."""
+        from omnidit.pipeline_config import read_hv15_pipeline_config, read_pipeline_config
 
+        if self.family == "hunyuanvideo15" and "sampling" not in self.omnidit:
+            return read_hv15_pipeline_config(self.path)
         return read_pipeline_config(self.path, self.index, guidance_embeds)
 
 

@@ -122,6 +122,10 @@ class Pipeline:
         device = torch.device(device) if device is not None else default_device()
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        if folder.family == "hunyuanvideo15":
+            from omnidit.pipeline_hv15 import HunyuanVideo15Pipeline
+
+            return HunyuanVideo15Pipeline.load(folder, device=device, dtype=dtype, parallel=parallel)
         dit = DiT.from_pretrained(folder.transformer_dir, dtype=dtype, device=device).eval()
         # The VAE decodes in fp32 on CPU; on GPU its activations fit bf16 comfortably.
         vae = VideoVAE.from_pretrained(folder.vae_dir, dtype=dtype, device=device)
@@ -130,6 +134,21 @@ class Pipeline:
         name = folder.name
         return cls(dit, vae, text_encoder, config, name=name, parallel=parallel,
                    cache_calibration=folder.cache_calibration)
+
+    @property
+    def takes_image(self) -> bool:
+        """Whether `generate(..., image=...)` is accepted (an image-to-video model)."""
+        return False
+
+    def check_image(self, image):
+        """`image` as the model takes it (None: no image); `RequestError("image", ...)` when the model takes none."""
+        if image is None:
+            return None
+        raise RequestError("image", f"model {self.name!r} takes no image (it is text-to-video only)")
+
+    def default_size(self, image=None) -> tuple[int, int]:
+        """(height, width) of a request that names no size (`image`: what check_image returned)."""
+        return self.config.height, self.config.width
 
     @property
     def broken(self) -> str | None:
@@ -160,11 +179,15 @@ class Pipeline:
         negative_prompt: str | None = None,
         true_cfg_scale: float | None = None,
         cache: str | CacheSpec | None = None,
+        image=None,
     ) -> _Request:
-        """Validate arguments against the model's limits; a `RequestError` (ValueError) names the field."""
+        """Validate arguments against the model's limits; a `RequestError` (ValueError) names the field.
+        `image` (what check_image returned) may set the default size."""
         c = self.config
-        height = c.height if height is None else height
-        width = c.width if width is None else width
+        if height is None or width is None:
+            dh, dw = self.default_size(image)
+            height = dh if height is None else height
+            width = dw if width is None else width
         steps = c.steps if steps is None else steps
         guidance = c.guidance if guidance is None else guidance
         check_side("height", height, c.size_multiple, c.max_height)
@@ -235,15 +258,18 @@ class Pipeline:
         latents: torch.Tensor | None = None,
         cache: str | StepCache | None = None,
         loras: dict[str, float] | None = None,
+        image=None,
     ) -> Generation:
         """One image (`frames=1`) or video. `steps=None` uses the model's default. `cache`: a step-cache
         SPEC ("fbcache" | "teacache" | "magcache", optionally ":<threshold>"; "none": off; None: the
         model folder's default) or a `StepCache` policy object (omnidit/dit/cache.py). `loras`:
-        exactly these adapters `{name: scale}` for this generation ({}: none; None: the DiT's current set)."""
+        exactly these adapters `{name: scale}` for this generation ({}: none; None: the DiT's current set).
+        `image`: the start image of an image-to-video model (a PIL image, an array [H, W, 3] or a path;
+        see `takes_image`)."""
         return self.generate_many(
             [prompt], frames=frames, height=height, width=width, steps=steps, guidance=guidance,
             negative_prompt=negative_prompt, seeds=[seed], callback=callback,
-            true_cfg_scale=true_cfg_scale, latents=latents, cache=cache, loras=loras,
+            true_cfg_scale=true_cfg_scale, latents=latents, cache=cache, loras=loras, image=image,
         )[0]
 
     def generate_many(self, prompts: list[str], *, cache: str | StepCache | None = None,
@@ -283,6 +309,7 @@ class Pipeline:
         preview: StepCallback | None = None,
         cache: str | StepCache | None = None,
         loras: dict[str, float] | None = None,
+        image=None,
     ) -> tuple[torch.Tensor, _Request, list[int]]:
         """`generate_many` up to the decoder: (clean latents `[B, C, F', H', W']` fp32, the filled-in
         request, the seeds used). `decode(latents)` then gives exactly `generate_many`'s frames.
@@ -291,10 +318,11 @@ class Pipeline:
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise RequestError("prompt", "prompt must be a non-empty string (or a non-empty list of strings)")
         prompts = [check_prompt(p) for p in prompts]
+        image = self.check_image(image)  # one start image for every prompt of the batch
         policy = cache if isinstance(cache, StepCache) else None
         req = self.check(frames=frames, height=height, width=width, steps=steps, guidance=guidance,
                          negative_prompt=negative_prompt, true_cfg_scale=true_cfg_scale,
-                         cache="none" if policy is not None else cache)
+                         cache="none" if policy is not None else cache, image=image)
         if policy is None:
             policy = self.make_cache(req.cache)
         adapters = pipeline_lora.prepare(self, loras)  # validated and loaded before any denoising
@@ -311,7 +339,7 @@ class Pipeline:
         noise = seeded_noise(seeds)
         with using_loras(self.dit, adapters):
             out = self.denoise(prompts, latents.to(self.device), req, callback=callback, noise_sampler=noise,
-                               cache=policy, preview=preview)
+                               cache=policy, preview=preview, image=image)
         return out, req, seeds
 
     def initial_noise(self, req: _Request, seed: int) -> torch.Tensor:
@@ -324,36 +352,42 @@ class Pipeline:
     def denoise(self, prompts: list[str], latents: torch.Tensor, req: _Request, *,
                 callback: StepCallback | None = None, noise_sampler: NoiseSampler | None = None,
                 cache: StepCache | None = None,
-                preview: StepCallback | None = None) -> torch.Tensor:
+                preview: StepCallback | None = None, image=None) -> torch.Tensor:
         """Integrate the flow ODE from noise to clean latents `[B, C, F', H', W']` (fp32).
         `noise_sampler` feeds re-noising samplers; `generate_latents` passes `seeded_noise(seeds)`.
         `cache`: a step-cache policy, restarted here for this generation (every step still calls
-        `callback`, skipped or not)."""
+        `callback`, skipped or not). `image`: what check_image returned, for `conditioned_forward`."""
         dev = self.device
         cond = self.encode_text(prompts)
         uncond = None
         if req.negative_prompt is not None:
             uncond = self.encode_text([req.negative_prompt] * len(prompts))
-        denoiser = Denoiser.for_mode(self._dit_forward, self.config.guidance_mode, cond, uncond, req.guidance,
+        sigmas = flow_sigmas(req.steps, self.config.shift).to(dev)
+        forward = self._dit_forward if cache is None else functools.partial(self._dit_forward, cache=cache)
+        forward = self.conditioned_forward(forward, req, image, sigmas)
+        denoiser = Denoiser.for_mode(forward, self.config.guidance_mode, cond, uncond, req.guidance,
                                      true_cfg=req.cfg_scale, dtype=self.dtype)
         if cache is not None:
             cache.begin(steps=req.steps, branches=denoiser.branches)
-            denoiser.forward = functools.partial(self._dit_forward, cache=cache)
-        sigmas = flow_sigmas(req.steps, self.config.shift).to(dev)
         model_fn = denoiser
         if preview is not None:
             model_fn, callback = with_preview(denoiser, callback, preview)
         return run_sampler(self.config.sampler, model_fn, latents.float(), sigmas, callback=callback,
                            noise_sampler=noise_sampler)
 
+    def conditioned_forward(self, forward, req: _Request, image, sigmas: torch.Tensor):
+        """The DiT forward the Denoiser calls, with what the model family adds per request (an
+        image condition, ...; `sigmas`: the schedule). The base models add nothing."""
+        return forward
+
     def encode_text(self, prompts: list[str]) -> Text:
-        """Prompts -> (states [B, L, D], mask [B, L], pooled [B, P]) on the DiT's device."""
+        """Prompts -> (states [B, L, D], mask [B, L], pooled [B, P][, states_2, mask_2]) on the DiT's device."""
         device = self.device
         if self.parallel is None:
             e = self.text_encoder.encode(prompts, device=device)
         else:
             e = self.parallel.encode_text(self.text_encoder, prompts, device)
-        return e.hidden_states, e.attention_mask, e.pooled
+        return e.as_text()
 
     def _dit_forward(self, *args, **kwargs) -> torch.Tensor:
         if self.parallel is None:

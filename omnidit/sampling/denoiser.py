@@ -5,7 +5,9 @@ Samplers call it as `model_fn(x, sigma) -> v`; training losses, distillation and
 batched CFG forward, so none of its callers re-derives them (k-diffusion's `external.py` idea).
 
 `forward(x, t, states, mask, pooled, guidance=None) -> v` is the DiT's call (or a
-sequence-parallel wrapper of it); text is `(states [B, L, D], mask [B, L], pooled [B, P])`.
+sequence-parallel wrapper of it); text is `(states [B, L, D], mask [B, L], pooled [B, P])`, then
+for a family with a second token stream (HunyuanVideo-1.5's glyph tokens) `(states_2, mask_2)`,
+which `forward` receives as two more positional arguments.
 """
 
 from __future__ import annotations
@@ -18,22 +20,38 @@ import torch.nn.functional as F
 from omnidit.sampling.flow import timesteps_from_sigmas, x0_from_velocity
 from omnidit.sampling.guidance import GUIDANCE_MODES, cfg_combine, embedded_guidance
 
-Text = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Text = tuple[torch.Tensor, ...]  # (states, mask, pooled) or (states, mask, pooled, states_2, mask_2)
 Forward = Callable[..., torch.Tensor]
 Scale = float | torch.Tensor  # one scale, or Tensor[B] per sample
 
 
+def _pairs(text: Text) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (states, mask) token streams of a text conditioning: the first, then any second."""
+    if len(text) not in (3, 5):
+        raise ValueError(f"text must be (states, mask, pooled[, states_2, mask_2]), got {len(text)} tensors")
+    return [(text[0], text[1])] + ([(text[3], text[4])] if len(text) == 5 else [])
+
+
 def cat_text(a: Text, b: Text) -> Text:
-    """Two text conditionings along the batch, the shorter sequence zero-padded (mask 0)."""
-    la, lb = a[0].shape[1], b[0].shape[1]
-    n = max(la, lb)
+    """Two text conditionings along the batch, each stream's shorter sequence zero-padded (mask 0)."""
+    if len(a) != len(b):
+        raise ValueError(f"cannot batch text of {len(a)} and {len(b)} tensors")
 
     def pad(x: torch.Tensor, k: int) -> torch.Tensor:
         return F.pad(x, (0, 0, 0, k)) if x.dim() == 3 else F.pad(x, (0, k))
 
-    return (torch.cat([pad(a[0], n - la), pad(b[0], n - lb)]),
-            torch.cat([pad(a[1], n - la), pad(b[1], n - lb)]),
-            torch.cat([a[2], b[2]]))
+    streams = []
+    for (sa, ma), (sb, mb) in zip(_pairs(a), _pairs(b)):
+        la, lb = sa.shape[1], sb.shape[1]
+        n = max(la, lb)
+        streams.append((torch.cat([pad(sa, n - la), pad(sb, n - lb)]), torch.cat([pad(ma, n - la), pad(mb, n - lb)])))
+    first, *second = streams
+    return (*first, torch.cat([a[2], b[2]]), *(t for pair in second for t in pair))
+
+
+def cast_text(text: Text, dtype: torch.dtype) -> Text:
+    """The float tensors (states, pooled, states_2) in `dtype`; the masks as they are."""
+    return tuple(t if i in (1, 4) else t.to(dtype) for i, t in enumerate(text))
 
 
 class Denoiser:
@@ -51,7 +69,7 @@ class Denoiser:
         self.use_cfg = uncond is not None and not (isinstance(cfg_scale, (int, float)) and cfg_scale == 1.0)
         text = cat_text(cond, uncond) if self.use_cfg else cond
         if dtype is not None:
-            text = (text[0].to(dtype), text[1], text[2].to(dtype))
+            text = cast_text(text, dtype)
         self.text, self.cfg_scale = text, cfg_scale
         self.guidance = None
         if embedded is not None:

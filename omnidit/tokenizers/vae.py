@@ -1,4 +1,4 @@
-"""VideoVAE: pixels <-> latents with diffusers' AutoencoderKLHunyuanVideo.
+"""VideoVAE: pixels <-> latents with diffusers' AutoencoderKLHunyuanVideo (or its 1.5 successor).
 
 Latents handed to and from the DiT are already multiplied by the VAE's scaling_factor, as
 in diffusers' HunyuanVideoPipeline (which divides by it right before `vae.decode`).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from omnidit.tokenizers.onednn_conv import use_onednn_conv3d
 # Decode/encode above this many pixels per frame switch diffusers' spatial tiling on for the
 # call, bounding activation memory (tiles are 256x256 by default, blended at the seams).
 DEFAULT_AUTO_TILING_PIXELS = 512 * 512
+# diffusers VAE classes a vae/ folder may name: HunyuanVideo's (8x spatial, 16 channels) and
+# HunyuanVideo-1.5's (16x spatial, 32 channels); both: 4x temporal, the same config fields.
+VAE_CLASSES = ("AutoencoderKLHunyuanVideo", "AutoencoderKLHunyuanVideo15")
 
 
 def frames_to_uint8(video: torch.Tensor) -> torch.Tensor:
@@ -60,15 +64,20 @@ class VideoVAE:
         device: torch.device | str | None = None,
         **kwargs: Any,
     ) -> VideoVAE:
-        """Load a diffusers vae folder, or the vae/ subfolder of a pipeline folder. dtype None = float32."""
-        from diffusers import AutoencoderKLHunyuanVideo
+        """Load a diffusers vae folder, or the vae/ subfolder of a pipeline folder. dtype None = float32.
+        The class is the one its config names: HunyuanVideo's or HunyuanVideo-1.5's (VAE_CLASSES)."""
+        import diffusers
 
         path = Path(path)
         if (path / "vae" / "config.json").is_file():
             path = path / "vae"
         if not (path / "config.json").is_file():
             raise ValueError(f"path {str(path)!r} has no config.json (expected a diffusers vae folder)")
-        vae = AutoencoderKLHunyuanVideo.from_pretrained(path, torch_dtype=dtype or torch.float32, local_files_only=True)
+        name = json.loads((path / "config.json").read_text()).get("_class_name", VAE_CLASSES[0])
+        if name not in VAE_CLASSES:
+            raise ValueError(f"vae {str(path)!r} is a {name}; supported: {list(VAE_CLASSES)}")
+        vae_cls = getattr(diffusers, name)
+        vae = vae_cls.from_pretrained(path, torch_dtype=dtype or torch.float32, local_files_only=True)
         if device is not None:
             vae.to(device)
         return cls(vae, **kwargs)

@@ -1,0 +1,141 @@
+"""HunyuanVideo-1.5 folders through omnidit: parity with diffusers' HunyuanVideo15Pipeline and
+HunyuanVideo15ImageToVideoPipeline (text encoders, image input, folder defaults, frames)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from tiny_hunyuan15_pipeline import make_tiny_hv15_pipeline_dir
+from tolerances import assert_frames_close, assert_rel_close
+
+from omnidit.model_folder import open_model
+from omnidit.pipeline_config import bucket_for, read_hv15_pipeline_config
+from omnidit.request import RequestError
+from omnidit.tokenizers.text_hv15 import HV15_CROP_START, HV15_SYSTEM_MESSAGE, HunyuanVideo15TextEncoder, glyph_text
+
+GLYPH_PROMPT = 'a red cat with a sign that says "OPEN" and “shop”'
+
+
+@pytest.fixture(scope="module")
+def t2v_dir(tmp_path_factory):
+    return make_tiny_hv15_pipeline_dir(tmp_path_factory.mktemp("hv15_t2v"), task="t2v")
+
+
+@pytest.fixture(scope="module")
+def i2v_dir(tmp_path_factory):
+    # The step-distilled I2V variant's MeanFlow input is exercised too.
+    return make_tiny_hv15_pipeline_dir(tmp_path_factory.mktemp("hv15_i2v"), task="i2v", use_meanflow=True, seed=1)
+
+
+@pytest.fixture(scope="module")
+def start_image():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return Image.fromarray((rng.random((40, 70, 3)) * 255).astype(np.uint8))  # 70 x 40: a 32 x 48 bucket
+
+
+def _diffusers(path, task):
+    from diffusers import HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Pipeline
+
+    pipe = (HunyuanVideo15ImageToVideoPipeline if task == "i2v" else HunyuanVideo15Pipeline).from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_prompt_template_and_glyph_text_match_diffusers():
+    import inspect
+
+    from diffusers import HunyuanVideo15Pipeline
+    from diffusers.pipelines.hunyuan_video1_5.pipeline_hunyuan_video1_5 import extract_glyph_texts
+
+    default = inspect.signature(HunyuanVideo15Pipeline._get_mllm_prompt_embeds).parameters
+    assert HV15_SYSTEM_MESSAGE == default["system_message"].default
+    assert HV15_CROP_START == default["crop_start"].default
+    for p in [GLYPH_PROMPT, "no quotes here", 'twice "A" then "A" and "B"', 'one "x"', 'empty "" quotes',
+              "“curly” only", 'unclosed "quote']:
+        assert glyph_text(p) == extract_glyph_texts(p), p
+
+
+def test_text_encoder_matches_diffusers_encode_prompt(t2v_dir):
+    pipe = _diffusers(t2v_dir, "t2v")
+    prompts = [GLYPH_PROMPT, "a dog walks", ""]
+    with torch.no_grad():
+        ref = pipe.encode_prompt(prompts, device=torch.device("cpu"), batch_size=len(prompts))
+    enc = HunyuanVideo15TextEncoder.from_pipeline_dir(t2v_dir)
+    # The tiny tokenizer's template prefix is the real one's 108 tokens: the crop keeps the prompt only.
+    chat = [{"role": "system", "content": HV15_SYSTEM_MESSAGE}, {"role": "user", "content": "a"}]
+    ids = enc.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert enc.tokenizer.convert_ids_to_tokens(ids["input_ids"])[HV15_CROP_START] == "a"
+    got = enc.encode(prompts)
+    assert got.hidden_states.shape == (3, 1000, 16) and got.hidden_states_2.shape == (3, 256, 16)
+    assert got.pooled.shape == (3, 0)
+    for mine, theirs in zip((got.hidden_states, got.hidden_states_2), (ref[0], ref[2])):
+        assert_rel_close(mine, theirs)
+    assert torch.equal(got.attention_mask, ref[1].long()) and torch.equal(got.attention_mask_2, ref[3].long())
+    assert got.attention_mask_2[0].sum() > 0 and got.attention_mask_2[1:].sum() == 0  # glyphs of row 0 only
+
+
+def test_size_buckets_match_diffusers():
+    from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
+
+    proc = HunyuanVideo15ImageProcessor(vae_scale_factor=16)
+    for target in (48, 640, 960):
+        for h, w in [(9, 16), (16, 9), (1, 1), (40, 70), (1080, 1920), (1000, 100), (3, 1000)]:
+            assert bucket_for(h, w, target, 16) == tuple(proc.calculate_default_height_width(h, w, target))
+    assert bucket_for(9, 16, 640, 16) == (480, 848) and bucket_for(9, 16, 960, 16) == (720, 1280)
+
+
+def test_folder_recipe_is_the_default(t2v_dir, tmp_path):
+    c = open_model(t2v_dir).sampling()
+    assert (c.shift, c.guidance, c.guidance_mode, c.steps, c.size_multiple) == (5.0, 6.0, "cfg", 50, 16)
+    assert (c.height, c.width) == bucket_for(9, 16, 48, 16)
+    # A CFG-distilled variant: its guider says 1 (or is disabled), so no unconditional branch runs.
+    copy = shutil.copytree(t2v_dir, tmp_path / "distilled", ignore=shutil.ignore_patterns("*.safetensors"))
+    guider, sched = copy / "guider" / "guider_config.json", copy / "scheduler" / "scheduler_config.json"
+    for change, want in [({"guidance_scale": 1.0}, 1.0), ({"enabled": False}, 1.0), ({"guidance_scale": 3.5}, 3.5)]:
+        cfg = json.loads((t2v_dir / "guider" / "guider_config.json").read_text())
+        guider.write_text(json.dumps({**cfg, **change}))
+        assert read_hv15_pipeline_config(copy).guidance == want
+    sched.write_text(json.dumps({**json.loads(sched.read_text()), "shift": 9.0}))
+    assert read_hv15_pipeline_config(copy).shift == 9.0
+    guider.write_text(json.dumps({**cfg, "guidance_rescale": 0.7}))
+    with pytest.raises(ValueError, match="guidance_rescale"):
+        read_hv15_pipeline_config(copy)
+
+
+def test_image_condition_matches_diffusers(i2v_dir, start_image):
+    from omnidit.tokenizers import VideoVAE
+    from omnidit.tokenizers.image_encoder import SiglipImageEncoder
+    from omnidit.tokenizers.image_input import fit_image, image_to_video
+
+    pipe = _diffusers(i2v_dir, "i2v")
+    h, w = bucket_for(start_image.height, start_image.width, 48, 16)
+    theirs = pipe.video_processor.resize(start_image, height=h, width=w, resize_mode="crop")
+    fitted = fit_image(start_image, h, w)
+    assert np.array_equal(np.asarray(fitted), np.asarray(theirs))
+    assert torch.equal(image_to_video(fitted), pipe.video_processor.preprocess(theirs, height=h, width=w)[:, :, None])
+    vae = VideoVAE.from_pretrained(i2v_dir / "vae")
+    ref_latent = pipe._get_image_latents(pipe.vae, pipe.video_processor, theirs, h, w, torch.device("cpu"))
+    assert_rel_close(vae.encode(image_to_video(fitted)), ref_latent)
+    enc = SiglipImageEncoder.from_pipeline_dir(i2v_dir)
+    assert_rel_close(enc.encode(fitted), pipe.encode_image(theirs, 1, torch.device("cpu"), torch.float32))
+
+
+def test_load_image_accepts_pil_array_path_and_names_the_field(tmp_path, start_image):
+    from omnidit.tokenizers.image_input import load_image
+
+    start_image.save(tmp_path / "start.png")
+    arr = np.asarray(start_image)
+    for im in (start_image, arr, arr / 255.0, torch.from_numpy(arr.copy()), tmp_path / "start.png",
+               str(tmp_path / "start.png"), start_image.convert("RGBA")):
+        assert np.array_equal(np.asarray(load_image(im)), arr)
+    (tmp_path / "not.png").write_text("no image")
+    for bad in (tmp_path / "missing.png", tmp_path / "not.png", 3, np.zeros((4, 4, 2)), arr * 2.0):
+        with pytest.raises(RequestError) as e:
+            load_image(bad)
+        assert e.value.field == "image"

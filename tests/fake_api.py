@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 MAX_SIDE = 128
 FAIL_MESSAGE = "the sampler diverged (fake failure)"
 MODEL_ID = "fake-shapes"
+SECOND_MODEL_ID = "fake-shapes-small"  # make_app(models=(MODEL_ID, SECOND_MODEL_ID)): a smaller card
 
 
 def _err(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None):
@@ -70,8 +71,17 @@ def _size(body: dict):
     return (w, h), None
 
 
-def make_app(*, api_key: str | None = None, job_seconds: float = 1.0) -> FastAPI:
-    """`job_seconds`: how long a video job takes from queued to completed."""
+def _card(model: str) -> dict:
+    small = model == SECOND_MODEL_ID
+    return {"id": model, "object": "model", "owned_by": "omnidit",
+            "defaults": {"size": "32x32" if small else "64x64", "steps": 30, "guidance": 4.0, "fps": 8},
+            "limits": {"max_size": "64x64" if small else f"{MAX_SIDE}x{MAX_SIDE}", "size_multiple": 16,
+                       "max_frames": 17 if small else 33, "frames_multiple": 4}}
+
+
+def make_app(*, api_key: str | None = None, job_seconds: float = 1.0, models: tuple[str, ...] = (MODEL_ID,)) -> FastAPI:
+    """`job_seconds`: how long a video job takes from queued to completed; `models`: the served ones (the
+    first is the default), a request's `model` must be one of them (404 model_not_found otherwise)."""
     app = FastAPI()
     app.state.jobs = {}  # id -> dict (the public job) plus private keys starting with "_"
     app.state.requests = []  # (method, path, json body) of every POST, for assertions
@@ -106,12 +116,16 @@ def make_app(*, api_key: str | None = None, job_seconds: float = 1.0) -> FastAPI
         return {"status": "ok", "model": MODEL_ID}
 
     @app.get("/v1/models")
-    def models():
-        return {"object": "list", "data": [{
-            "id": MODEL_ID, "object": "model", "owned_by": "omnidit",
-            "defaults": {"size": "64x64", "steps": 30, "guidance": 4.0, "fps": 8},
-            "limits": {"max_size": f"{MAX_SIDE}x{MAX_SIDE}", "size_multiple": 16, "max_frames": 33,
-                       "frames_multiple": 4}}]}
+    def list_models():
+        return {"object": "list", "data": [_card(m) for m in models]}
+
+    def unknown_model(body: dict):
+        if body.get("model") is not None and body["model"] not in models:
+            served = ", ".join(repr(m) for m in models)
+            return JSONResponse({"error": {"message": f"model {body['model']!r} is not served here; this service "
+                                                      f"serves {served}", "type": "invalid_request_error",
+                                           "param": "model", "code": "model_not_found"}}, status_code=404)
+        return None
 
     @app.post("/v1/images/generations")
     async def images(request: Request):
@@ -120,7 +134,7 @@ def make_app(*, api_key: str | None = None, job_seconds: float = 1.0) -> FastAPI
         if not str(body.get("prompt", "")).strip():
             return _err(400, "prompt must be a non-empty string", param="prompt")
         (wh, bad) = _size(body)
-        if bad:
+        if bad or (bad := unknown_model(body)):
             return bad
         png = base64.b64encode(_png(*wh)).decode()
         return {"created": int(time.time()), "data": [{"b64_json": png} for _ in range(int(body.get("n", 1)))]}
@@ -133,13 +147,13 @@ def make_app(*, api_key: str | None = None, job_seconds: float = 1.0) -> FastAPI
         if not prompt.strip():
             return _err(400, "prompt must be a non-empty string", param="prompt")
         (wh, bad) = _size(body)
-        if bad:
+        if bad or (bad := unknown_model(body)):
             return bad
         jid = f"video_{uuid.uuid4().hex[:12]}"
         app.state.jobs[jid] = {
             "id": jid, "object": "video", "status": "queued", "progress": 0, "created_at": int(time.time()),
-            "model": MODEL_ID, "prompt": prompt, "size": body.get("size"), "frames": body.get("frames", 9),
-            "steps": body.get("steps", 30),
+            "model": body.get("model") or models[0], "prompt": prompt, "size": body.get("size"),
+            "frames": body.get("frames", 9), "steps": body.get("steps", 30),
             "_t0": time.monotonic(), "_fail": "fail" in prompt, "_forever": "forever" in prompt, "_wh": wh,
         }
         return JSONResponse(public(app.state.jobs[jid]), status_code=202)

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from fake_api import FAIL_MESSAGE, MODEL_ID, free_port, serve_fake_api
+from fake_api import FAIL_MESSAGE, MODEL_ID, SECOND_MODEL_ID, free_port, serve_fake_api
 from live_api import live_service, serve_unavailable_reason
 from PIL import Image
 
@@ -202,8 +202,9 @@ def test_demo_shows_errors_in_plain_words(demo):
 def test_demo_fits_controls_to_the_model_card(demo):
     from omnidit.demo.app import frames_range, size_choices
 
-    status, image_size, video_size, frames = demo.predict(api_name="/service_status")
+    status, image_size, video_size, frames, picker = demo.predict(api_name="/service_status")
     assert status.startswith("Service ") and MODEL_ID in status
+    assert [c[0] for c in picker["choices"]] == [MODEL_ID] and picker["value"] == MODEL_ID
     # gradio_client hands back the component updates: the card's default size and sizes up to its max
     assert image_size["value"] == video_size["value"] == "64x64"
     assert [c[0] for c in image_size["choices"]] == ["16x16", "32x32", "64x64", "128x128"]
@@ -215,6 +216,51 @@ def test_demo_fits_controls_to_the_model_card(demo):
         (["16x16", "32x32", "64x64", "128x64"], "64x64")
     assert frames_range(card) == {"minimum": 5, "maximum": 17, "step": 4, "value": 9}
     assert size_choices({"id": "x"})[1] == "64x64" and frames_range({"id": "x"}) is None  # no limits: static
+
+
+@pytest.fixture(scope="module")
+def two_models():
+    with serve_fake_api(job_seconds=0.3, models=(MODEL_ID, SECOND_MODEL_ID)) as (url, app):
+        from gradio_client import Client
+
+        from omnidit.demo.app import DemoConfig, launch
+
+        port = free_port()
+        demo = launch(DemoConfig(api_url=url, poll_interval=0.1), port=port, block=False)
+        yield Client(f"http://127.0.0.1:{port}", verbose=False), app, url
+        demo.close()
+
+
+def test_demo_model_picker_sends_the_picked_model(two_models):
+    demo, app, _ = two_models
+    status, image_size, _, frames, picker = demo.predict(api_name="/service_status")
+    assert f"models: {MODEL_ID}, {SECOND_MODEL_ID}" in status
+    assert [c[0] for c in picker["choices"]] == [MODEL_ID, SECOND_MODEL_ID] and picker["value"] == MODEL_ID
+    assert picker["interactive"] is True and image_size["value"] == "64x64" and frames["maximum"] == 33
+    # picking the second model refits the controls to its card
+    image_size, video_size, frames = demo.predict(SECOND_MODEL_ID, api_name="/fit_model")
+    assert image_size["value"] == video_size["value"] == "32x32" and frames["maximum"] == 17
+    assert [c[0] for c in image_size["choices"]] == ["16x16", "32x32", "64x64"]
+    img, _, err = demo.predict("a red circle", "32x32", 0, 7, 0, "", SECOND_MODEL_ID, api_name="/generate_image")
+    assert err == "" and app.state.requests[-1][2]["model"] == SECOND_MODEL_ID
+    progress_html, video, _, err = demo.submit("a blue square, moving right", "32x32", 5, 0, 0, 0, "",
+                                               SECOND_MODEL_ID, api_name="/generate_video").result(timeout=30)
+    assert err == "" and 'data-status="completed"' in progress_html
+    assert app.state.requests[-1][2]["model"] == SECOND_MODEL_ID
+    assert [j["model"] for j in app.state.jobs.values()] == [SECOND_MODEL_ID]
+    # the default model is what a request without a pick (an older page) gets: no model field
+    demo.predict("a red circle", "32x32", 0, 7, 0, "", api_name="/generate_image")
+    assert "model" not in app.state.requests[-1][2]
+
+
+def test_demo_shows_an_unknown_model_in_plain_words(two_models):
+    from omnidit.demo.app import DemoConfig, DemoHandlers
+
+    h = DemoHandlers(DemoConfig(api_url=two_models[2]))
+    with pytest.warns(UserWarning):
+        img, _, _, err = h.generate_image("a red circle", "32x32", 0, 0, 0, "", [], model="gone")
+    assert img is None and err == (f"**Error:** model 'gone' is not served here; this service serves "
+                                   f"'{MODEL_ID}', '{SECOND_MODEL_ID}'")
 
 
 def test_demo_names_an_unreachable_service():

@@ -1,10 +1,10 @@
 """The Gradio demo: a separate process that only talks HTTP to `omnidit serve`.
 
-`build_app(DemoConfig(api_url))` returns a `gr.Blocks` with an Image tab (one blocking request) and a
-Video tab (create a job, poll its progress, fetch the MP4, Stop = cancel the job), plus a
-gallery of recent results. The handlers live on `DemoHandlers` so tests can call them
-directly; every API failure is shown in plain words (a toast and an error box), never a
-traceback.
+`build_app(DemoConfig(api_url))` returns a `gr.Blocks` with a model picker (the service's /v1/models;
+requests send the picked `model`), an Image tab (one blocking request) and a Video tab (create a job,
+poll its progress, fetch the MP4, Stop = cancel the job), plus a gallery of recent results. The
+handlers live on `DemoHandlers` so tests can call them directly; every API failure is shown in plain
+words (a toast and an error box), never a traceback.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ class DemoHandlers:
         self._tmp = None if out_dir else tempfile.TemporaryDirectory(prefix="omnidit-demo-")
         self.out_dir = Path(out_dir or self._tmp.name)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.cards: dict[str, dict] = {}  # model id -> its /v1/models card, as of the last page load
 
     def _out_path(self, suffix: str) -> Path:
         old = sorted(self.out_dir.iterdir(), key=lambda p: p.stat().st_mtime)[:-KEEP_FILES]
@@ -134,35 +135,48 @@ class DemoHandlers:
     # -- service status -----------------------------------------------------------------
 
     def service_status(self):
-        """On page load: a status line, and the size/frames controls fitted to the served model's card.
+        """On page load: a status line, the model picker (the served models, the default first), and the
+        size/frames controls fitted to the default model's card.
 
-        -> (status markdown, image size update, video size update, frames update)
+        -> (status markdown, image size update, video size update, frames update, model picker update)
         """
         keep = gr.update()
         try:
             self.client.health()
             cards = self.client.models()
         except ApiError as e:
-            return f"⚠️ {e.message}", keep, keep, keep
-        names = ", ".join(str(m.get("id", "?")) for m in cards) or "none listed"
-        status = f"Service `{self.cfg.api_url}` is up · model: {names}"
-        if not cards:
-            return status, keep, keep, keep
-        choices, default = size_choices(cards[0])
-        frames = frames_range(cards[0])
-        return (status, gr.update(choices=choices, value=default), gr.update(choices=choices, value=default),
+            return f"⚠️ {e.message}", keep, keep, keep, keep
+        self.cards = {str(m["id"]): m for m in cards if isinstance(m, dict) and "id" in m}
+        names = ", ".join(self.cards) or "none listed"
+        status = f"Service `{self.cfg.api_url}` is up · model{'s' if len(self.cards) > 1 else ''}: {names}"
+        if not self.cards:
+            return status, keep, keep, keep, keep
+        first = next(iter(self.cards))
+        picker = gr.update(choices=list(self.cards), value=first, visible=True,
+                           interactive=len(self.cards) > 1)
+        return (status, *self.fit_model(first), picker)
+
+    def fit_model(self, model):
+        """The picked model's card -> (image size update, video size update, frames update)."""
+        card = self.cards.get(model or "")
+        if card is None:
+            return gr.update(), gr.update(), gr.update()
+        choices, default = size_choices(card)
+        frames = frames_range(card)
+        return (gr.update(choices=choices, value=default), gr.update(choices=choices, value=default),
                 gr.update(**frames, info=f"1 mod {frames['step']}: {frames['minimum']}, {frames['value']}, …")
-                if frames else keep)
+                if frames else gr.update())
 
     # -- image ------------------------------------------------------------------------------
 
-    def generate_image(self, prompt, size, steps, seed, guidance, negative_prompt, recent):
-        """-> (image path | None, recent, gallery, error markdown)"""
+    def generate_image(self, prompt, size, steps, seed, guidance, negative_prompt, recent, model=None):
+        """-> (image path | None, recent, gallery, error markdown); `model`: the picker's (None: the default)"""
         try:
             prompt = self._check_inputs(prompt, size)
             pngs = self.client.generate_images(
                 prompt, size=size, n=1, seed=_opt_int(seed, none_below=0), steps=_opt_int(steps, none_below=1),
-                guidance=_opt_float(guidance), negative_prompt=(negative_prompt or "").strip() or None)
+                guidance=_opt_float(guidance), negative_prompt=(negative_prompt or "").strip() or None,
+                model=model or None)
             if not pngs:
                 raise ApiError("the service returned no image")
         except (ApiError, ValueError) as e:
@@ -176,7 +190,7 @@ class DemoHandlers:
 
     # -- video ------------------------------------------------------------------------------
 
-    def run_video(self, prompt, size, frames, steps, seed, guidance, negative_prompt, recent):
+    def run_video(self, prompt, size, frames, steps, seed, guidance, negative_prompt, recent, model=None):
         """Generator: create a job, poll it, fetch the MP4.
 
         Yields (job id, progress html, video path | None, recent, gallery, error markdown). The job
@@ -187,7 +201,7 @@ class DemoHandlers:
             job = self.client.create_video(
                 prompt, size=size, frames=_opt_int(frames, none_below=1), seed=_opt_int(seed, none_below=0),
                 steps=_opt_int(steps, none_below=1), guidance=_opt_float(guidance),
-                negative_prompt=(negative_prompt or "").strip() or None)
+                negative_prompt=(negative_prompt or "").strip() or None, model=model or None)
         except (ApiError, ValueError) as e:
             msg = getattr(e, "message", None) or str(e)
             gr.Warning(msg)
@@ -262,6 +276,9 @@ def build_app(cfg: DemoConfig, handlers: DemoHandlers | None = None) -> gr.Block
     with gr.Blocks(title="omnidit demo", analytics_enabled=False, delete_cache=(86400, 86400)) as demo:
         gr.Markdown("# omnidit\nText to image and text to video with one diffusion transformer.")
         service = gr.Markdown(elem_id="service-status")
+        # Filled from /v1/models on page load; image and video requests send the picked model.
+        model = gr.Dropdown([], value=None, label="Model", info="the service's models; the first is its default",
+                            interactive=True, visible=False, elem_id="model-picker")
         recent = gr.State([])
 
         with gr.Tabs():
@@ -298,11 +315,13 @@ def build_app(cfg: DemoConfig, handlers: DemoHandlers | None = None) -> gr.Block
         gallery = gr.Gallery(label="Recent results", columns=6, fit_columns=False, height=240, object_fit="contain",
                              elem_id="recent-gallery")
 
-        demo.load(h.service_status, outputs=[service, i_size, v_size, v_frames], api_name="service_status")
+        demo.load(h.service_status, outputs=[service, i_size, v_size, v_frames, model], api_name="service_status")
+        model.input(h.fit_model, [model], [i_size, v_size, v_frames], api_name="fit_model")
         # The service queues and rate-limits; the demo does not serialize users behind one another.
-        i_go.click(h.generate_image, [i_prompt, i_size, i_steps, i_seed, i_guidance, i_negative, recent],
+        i_go.click(h.generate_image, [i_prompt, i_size, i_steps, i_seed, i_guidance, i_negative, recent, model],
                    [i_out, recent, gallery, i_error], api_name="generate_image", concurrency_limit=None)
-        v_go.click(h.run_video, [v_prompt, v_size, v_frames, v_steps, v_seed, v_guidance, v_negative, recent],
+        v_go.click(h.run_video,
+                   [v_prompt, v_size, v_frames, v_steps, v_seed, v_guidance, v_negative, recent, model],
                    [job_id, v_progress, v_out, recent, gallery, v_error], api_name="generate_video",
                    concurrency_limit=None, show_progress="minimal")
         v_stop.click(h.stop_video, [job_id], [v_error], api_name="stop_video", concurrency_limit=None)

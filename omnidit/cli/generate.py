@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omnidit.cli.common import UserError, positive_int
+from omnidit.cli.lora_flags import add_lora_args, load_loras, lora_specs
 from omnidit.cli.parallel_flags import add_parallel_args, start_parallel
 from omnidit.cli.safety_flags import add_safety_args, check_visible_label, moderator
 
@@ -34,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--attention-backend", default=None,
                    help="sdpa, flash_attn or xformers (default: $OMNIDIT_ATTENTION_BACKEND, else the model's)")
+    add_lora_args(p)
     add_parallel_args(p)
     add_safety_args(p)
     p.set_defaults(func=run)
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.frames > 1 and suffix in IMAGE_SUFFIXES:
         raise UserError(f"--out {out.name!r} is an image but --frames is {args.frames}; use .mp4 or .gif")
     check_visible_label(args)
+    lora_specs(args.lora)  # bad --lora values fail before the model is loaded
     mod = moderator(args, out.parent / "moderation-audit.jsonl")
     if mod is not None:  # before anything is loaded or generated
         from omnidit.safety import ContentBlocked
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
                                             parallel=parallel)
             if args.attention_backend is not None:
                 pipe.dit.set_attention_backend(args.attention_backend)
+            loras = load_loras(pipe, args.lora)
             req = pipe.check(frames=args.frames, height=args.height, width=args.width, steps=args.steps,
                              guidance=args.guidance, negative_prompt=args.negative_prompt, cache=args.cache)
         except ValueError as e:
@@ -83,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         with tqdm(total=req.steps, desc="denoising", unit="step", file=sys.stderr, disable=not writer) as bar:
             gen = pipe.generate(args.prompt, frames=args.frames, height=args.height, width=args.width,
                                 steps=args.steps, guidance=args.guidance, negative_prompt=args.negative_prompt,
-                                seed=args.seed, cache=args.cache, callback=lambda i, n, x: bar.update(1))
+                                seed=args.seed, cache=args.cache, loras=loras,
+                                callback=lambda i, n, x: bar.update(1))
         if writer:
             finish(gen, args, mod, out)
             gen.save(out)

@@ -112,6 +112,12 @@ class HunyuanVideo15Pipeline(Pipeline):
         return cls(dit, vae, text, folder.sampling(), settings=settings, image_encoder=image_encoder,
                    name=folder.name, parallel=parallel, cache_calibration=folder.cache_calibration)
 
+    def set_parallel(self, parallel) -> None:
+        if parallel is not None:
+            # ParallelRuntime broadcasts and splits the 1.0 text tuple and forward signature only.
+            raise NotImplementedError("sequence/CFG parallelism is not wired for HunyuanVideo-1.5 folders yet")
+        super().set_parallel(None)
+
     # ---- the start image ------------------------------------------------------------------
 
     @property

@@ -114,6 +114,30 @@ def test_classifier_path_with_thresholds_and_strictness(classifiers, tmp_path):
     assert not Moderator(parse_policy(policy), stages=("prompt",)).checks_outputs
 
 
+def test_input_images_are_checked_by_the_image_classifier(classifiers, tmp_path):
+    """Image inputs (image-to-video's start image) go through the output classifier and its thresholds
+    before anything is queued; the ingress loads it on the first input image only."""
+    _, image = classifiers
+    policy = parse_policy({"output_classifier": {"path": str(image), "thresholds": {"nsfw": 0.75}},
+                           "low": {"thresholds": {"nsfw": 0.9}}})
+    log = AuditLog(tmp_path / "audit.jsonl", b"k" * 32)
+    mod = Moderator(policy, audit=log, stages=("prompt", "input"))
+    assert mod.checks_inputs and not mod.checks_outputs  # not loaded yet
+    start = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(ContentBlocked) as e:
+        mod.check_input(start, prompt="a cat", request_id="req_9")
+    assert str(e.value) == "the input_reference image was blocked by the content policy (category: nsfw)"
+    assert (e.value.stage, e.value.param, e.value.code) == ("input", "input_reference", "content_policy_violation")
+    mod.check_input(start, level="low", request_id="req_10")  # 0.8 < 0.9
+    rows = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["stage"], r["decision"], r["category"], r["field"]) for r in rows] == [
+        ("req_9", "input", "blocked", "nsfw", "input_reference"), ("req_10", "input", "allowed", None,
+                                                                   "input_reference")]
+    Moderator(parse_policy(POLICY), stages=("input",)).check_input(start)  # no image classifier: no check
+    with pytest.raises(ValueError, match="moderation stages must be among"):
+        Moderator(policy, stages=("inputs",))
+
+
 def test_audit_log_has_no_prompt_text_or_term(tmp_path):
     key = b"k" * 32
     log = AuditLog(tmp_path / "audit.jsonl", key)

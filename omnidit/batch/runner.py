@@ -38,6 +38,8 @@ class BatchConfig:
     batch_size: int = 4  # items per generate_many call (items with the same size/frames/steps/...)
     address: str | None = None  # an existing Ray cluster; None starts a small local one
     device: str = "cpu"  # "cpu" or "cuda" (one GPU per actor)
+    weights: str | None = None  # the DiT's storage: fp8 | bf16 | fp32; None = the compute dtype (pipeline_memory.py)
+    offload: str = "none"  # none | blocks (pipeline_memory.py)
     progress: bool = True  # a tqdm bar over items on stderr
     # Content safety and labelling (omnidit/batch/safety.py; README "Content safety and labelling").
     moderation: str | None = None  # policy file: prompts checked before planning, outputs before writing
@@ -56,6 +58,9 @@ class BatchConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if self.visible_label_frames not in ("ends", "all"):
             raise ValueError(f"visible_label_frames must be ends or all, got {self.visible_label_frames!r}")
+        from omnidit.pipeline_memory import check_memory
+
+        check_memory(self.weights, self.offload)
         if self.visible_label is not None and not self.visible_label.strip():
             raise ValueError("visible_label must be non-empty text")
         if not self.label_producer.strip():
@@ -177,7 +182,8 @@ def _dataset(chunks: list[list[BatchItem]], cfg: BatchConfig, model: str, *, thr
         ChunkGenerator, batch_size=1, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=min(cfg.concurrency, len(rows))),
         fn_constructor_kwargs={"model": model, "device": cfg.device, "threads": threads,
-                               "safety": safety_options(cfg)},
+                               "safety": safety_options(cfg), "memory": {"weights": cfg.weights,
+                                                                         "offload": cfg.offload}},
         num_cpus=1, num_gpus=1 if gpu else 0,
     )
 

@@ -57,14 +57,15 @@ def _error(item: BatchItem, e: Exception, seconds: float) -> dict:
 class ChunkGenerator:
     """Ray Data callable class: one per actor, the model loaded once in `__init__`."""
 
-    def __init__(self, model: str, device: str, threads: int | None = None, safety: dict | None = None):
+    def __init__(self, model: str, device: str, threads: int | None = None, safety: dict | None = None,
+                 memory: dict | None = None):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         from omnidit.pipeline import Pipeline
 
-        self.pipe = Pipeline.from_pretrained(model, device=device)
+        self.pipe = Pipeline.from_pretrained(model, device=device, **(memory or {}))  # weights, offload
         self.finish = finisher(safety or {})
 
     def __call__(self, batch):

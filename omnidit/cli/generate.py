@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from omnidit.cli.common import UserError, positive_int
 from omnidit.cli.lora_flags import add_lora_args, load_loras, lora_specs
+from omnidit.cli.memory_flags import add_memory_args
 from omnidit.cli.parallel_flags import add_parallel_args, start_parallel
 from omnidit.cli.safety_flags import add_safety_args, check_visible_label, moderator
 
@@ -36,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention-backend", default=None,
                    help="sdpa, flash_attn or xformers (default: $OMNIDIT_ATTENTION_BACKEND, else the model's)")
     add_lora_args(p)
+    add_memory_args(p)
     add_parallel_args(p)
     add_safety_args(p)
     p.set_defaults(func=run)
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             pipe = Pipeline.from_pretrained(args.model, device=parallel.device if parallel else device,
-                                            parallel=parallel)
+                                            parallel=parallel, weights=args.weights, offload=args.offload)
             if args.attention_backend is not None:
                 pipe.dit.set_attention_backend(args.attention_backend)
             loras = load_loras(pipe, args.lora)

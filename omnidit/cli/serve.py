@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from omnidit.cli.common import DEFAULT_HOST, SERVICE_PORT, ConfigFlags, UserError, port_number
+from omnidit.cli.memory_flags import add_memory_args
 from omnidit.cli.parallel_flags import add_parallel_args
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "else 0)")
     add_parallel_args(p, "parallel replicas (K = U x R x (2 if --cfg-parallel) worker processes per replica; "
                          "one GPU each with CUDA, else gloo on CPU)")
+    add_memory_args(p, s)
     s.add("--max-batch-size", help="image requests per batch; 1 = no batching")
     p.add_argument("--batch-wait-ms", type=float, default=ServeSettings.batch_wait_s * 1000,
                    help="how long a batch waits to fill (default: %(default)s)")
@@ -63,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add("--job-store", help="postgresql://... to share jobs across nodes (default: SQLite in --data-dir)")
     s.add("--lease-seconds", field="lease_s", type=float,
           help="a job whose replica is silent this long is resumed elsewhere")
+    s.add("--lora-dir", metavar="DIR", help='LoRA adapters requests may name in `lora` ({"name": scale}): '
+                                            "DIR/<name>.safetensors, loaded on first use")
+    s.add("--max-loras", help="adapters kept loaded per replica (least recently used unloaded first)")
     p.set_defaults(func=run, config_flags=s)
 
 

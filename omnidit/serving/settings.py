@@ -48,6 +48,8 @@ class ServeSettings:
     ulysses_degree: int = 1
     ring_degree: int = 1
     cfg_parallel: bool = False
+    weights: str | None = None  # the DiT's storage: fp8 | bf16 | fp32; None = the compute dtype (pipeline_memory.py)
+    offload: str = "none"  # none | blocks: DiT blocks streamed to the GPU, encoders and VAE parked on the host
     ingress_replicas: int = 1
     max_batch_size: int = 8  # image requests per @serve.batch call; 1 turns batching off
     batch_wait_s: float = 0.02  # how long a batch waits to fill
@@ -73,6 +75,10 @@ class ServeSettings:
     max_attempts: int = 3  # a job whose replica died this many times fails with a clear error
     sweep_s: float = 60.0  # how often expired jobs/outputs are deleted
     health_check_period_s: float = 10.0
+    # LoRA adapters a request may name in `lora`: <name>.safetensors files of this folder, loaded on first
+    # use; at most max_loras stay loaded per replica (least recently used unloaded first).
+    lora_dir: str | None = None
+    max_loras: int = 8
 
     def __post_init__(self) -> None:
         if self.api_key == "":
@@ -91,6 +97,10 @@ class ServeSettings:
             zero_ok = name in ("cpus_per_replica", "batch_wait_s")
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (v == 0 and not zero_ok):
                 raise ValueError(f"{name} must be a number {'>=' if zero_ok else '>'} 0, got {v!r}")
+        if self.max_loras < 1:
+            raise ValueError(f"max_loras must be >= 1, got {self.max_loras}")
+        if self.lora_dir is not None and not Path(self.lora_dir).is_dir():
+            raise ValueError(f"lora_dir {self.lora_dir!r} does not exist or is not a directory")
         if self.store_prompts not in ("full", "hash"):
             raise ValueError(f"store_prompts must be full or hash, got {self.store_prompts!r}")
         if self.visible_label_frames not in ("ends", "all"):
@@ -104,6 +114,9 @@ class ServeSettings:
         for name in ("moderation", "audit_log"):  # absolute: replicas may run in another working directory
             if getattr(self, name) is not None:
                 setattr(self, name, str(Path(getattr(self, name)).expanduser().resolve()))
+        from omnidit.pipeline_memory import check_memory
+
+        check_memory(self.weights, self.offload)
         if not isinstance(self.cfg_parallel, bool):
             raise ValueError(f"cfg_parallel must be true or false, got {self.cfg_parallel!r}")
         if self.max_batch_images < self.max_images:

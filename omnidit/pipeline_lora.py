@@ -4,7 +4,8 @@ LRU of adapters read on demand from a folder (`serve --lora-dir`). No Ray, no HT
 An adapter loaded by `Pipeline.load_lora` stays until unloaded; one read from the library is loaded
 the first time a request names it and unloaded, least recently used first, when more than
 `capacity` library adapters would be loaded. Switching between loaded adapters costs no reload
-(dit/lora.py keeps them unmerged beside the base weights).
+(dit/lora.py keeps them unmerged beside the base weights). Listing a folder imports no torch (the
+service's ingress lists adapters without a model).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
-from omnidit.dit import lora
 from omnidit.request import RequestError, parse_loras
 
 LORA_SUFFIX = ".safetensors"
@@ -32,20 +32,21 @@ class LoRALibrary:
 
     def names(self) -> list[str]:
         """Adapters in the folder now (re-read each call, so files added later are found)."""
-        out = []
-        for p in sorted(self.folder.glob(f"*{LORA_SUFFIX}")):
-            try:
-                out.append(lora.check_name(p.stem))
-            except ValueError:
-                continue  # a stem that cannot be an adapter name (has a '.') is not offered
-        return out
+        return lora_names(self.folder)
 
     def path(self, name: str) -> Path:
         return self.folder / f"{name}{LORA_SUFFIX}"
 
 
+def lora_names(folder: str | Path) -> list[str]:
+    """`<name>.safetensors` files of `folder` as adapter names (a stem with a '.' cannot be one)."""
+    return [p.stem for p in sorted(Path(folder).glob(f"*{LORA_SUFFIX}")) if p.stem and "." not in p.stem]
+
+
 def available(pipe) -> list[str]:
     """Adapters a request may name: those loaded plus those in the pipeline's library."""
+    from omnidit.dit import lora
+
     names = set(lora.state(pipe.dit).modules)
     if pipe.lora_library is not None:
         names.update(pipe.lora_library.names())
@@ -60,6 +61,8 @@ def check_loras(pipe, loras) -> dict[str, float] | None:
 def prepare(pipe, loras) -> dict[str, float] | None:
     """`check_loras`, then load each named adapter not loaded yet from the library (evicting the least
     recently used library adapters beyond its capacity, never one this request names)."""
+    from omnidit.dit import lora
+
     spec = check_loras(pipe, loras)
     if not spec or pipe.lora_library is None:
         return spec

@@ -158,12 +158,13 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/models", tags=["models"], summary="The served models, the default (first) one first",
              responses=_errors())
     async def list_models():
-        return {"object": "list", "data": [_model_card(info) for info in await service.models()]}
+        loras = service.lora_names()
+        return {"object": "list", "data": [_model_card(info, loras) for info in await service.models()]}
 
     @app.get("/v1/models/{model_id:path}", tags=["models"], summary="One model", responses=_errors(404))
     async def get_model(model_id: str):
         _, info = await service.route(model_id)  # 404 model_not_found naming the served ones
-        return _model_card(info)
+        return _model_card(info, service.lora_names())
 
     @app.get("/health", tags=["ops"], summary="200 when a generator replica answers, else 503",
              responses={503: {"description": "no generator replica answers (yet)"}})
@@ -241,8 +242,8 @@ async def _video_request(request: Request) -> VideoRequest:
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
 
 
-def _model_card(info) -> dict:
-    return {"id": info.id, "object": "model", "created": 0, "owned_by": "omnidit",
+def _model_card(info, loras: list[str]) -> dict:
+    return {"id": info.id, "object": "model", "created": 0, "owned_by": "omnidit", "loras": loras,
             "defaults": {"size": f"{info.width}x{info.height}", "steps": info.steps, "guidance": info.guidance,
                          "fps": info.fps},
             "limits": {"max_size": f"{info.max_width}x{info.max_height}", "size_multiple": info.size_multiple,

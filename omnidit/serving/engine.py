@@ -52,8 +52,10 @@ log = logging.getLogger("omnidit.serving")
 
 def _group_key(p: dict) -> tuple:
     """Requests with equal keys can share one `generate_many` call (same shapes, same schedule)."""
-    # cache: requests with different step-cache settings never share a forward (resolve_* normalised it)
-    return (p["width"], p["height"], p["steps"], float(p["guidance"]), p.get("negative_prompt"), p.get("cache"))
+    # cache, lora: requests with different step-cache settings or adapter sets never share a forward
+    # (resolve_* normalised both)
+    return (p["width"], p["height"], p["steps"], float(p["guidance"]), p.get("negative_prompt"), p.get("cache"),
+            tuple(sorted((p.get("lora") or {}).items())))
 
 
 def _seeds(p: dict) -> list[int]:
@@ -84,7 +86,7 @@ def run_image_batch(pipe, payloads: list[dict], *, max_images: int = 16,
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(payloads):
         groups.setdefault(_group_key(p), []).append(i)
-    for (width, height, steps, guidance, negative, cache), idxs in groups.items():
+    for (width, height, steps, guidance, negative, cache, lora), idxs in groups.items():
         items = [(i, payloads[i]["prompt"], s) for i in idxs for s in _seeds(payloads[i])]
         for i in idxs:
             results[i] = {"images": [], "seeds": [], "steps": steps, "denoise_s": 0.0, "batch": 0}
@@ -94,7 +96,7 @@ def run_image_batch(pipe, payloads: list[dict], *, max_images: int = 16,
                 t0, marks = time.perf_counter(), []
                 gens = pipe.generate_many(
                     [c[1] for c in chunk], seeds=[c[2] for c in chunk], frames=1, height=height, width=width,
-                    steps=steps, guidance=guidance, negative_prompt=negative, cache=cache,
+                    steps=steps, guidance=guidance, negative_prompt=negative, cache=cache, loras=dict(lora),
                     callback=lambda step, total, x: marks.append(time.perf_counter()))
                 denoise = _denoise_seconds(t0, marks)
                 for i in {c[0] for c in chunk} - {i for i in idxs if "error" in results[i]}:
@@ -163,7 +165,7 @@ def run_image_stream(pipe, p: dict, emit: Callable[[dict], None], stopped: threa
     try:
         g = pipe.generate_many([p["prompt"]], seeds=[seed], frames=1, height=p["height"], width=p["width"],
                                steps=p["steps"], guidance=p["guidance"], negative_prompt=p.get("negative_prompt"),
-                               preview=preview, cache=p.get("cache"))[0]
+                               preview=preview, cache=p.get("cache"), loras=p.get("lora") or {})[0]
         emit({"type": "completed", "image": finish(g.frames[0], p), "seed": seed,
               "steps": p["steps"], "denoise_s": _denoise_seconds(t0, marks)})
     except Cancelled:
@@ -251,6 +253,7 @@ class GeneratorEngine:
         else:
             self.pipe = Pipeline.from_pretrained(settings.model, device=settings.device)
             self.info, self.device = ModelInfo.from_pipeline(self.pipe), str(self.pipe.device)
+        self.pipe.set_lora_library(settings.lora_dir, settings.max_loras)  # None: requests name no adapter
         where = f"{settings.workers_per_replica} {self.device} workers" if self.parallel else self.device
         log.info("loaded model %s on %s in %.1fs", self.info.id, where, time.perf_counter() - t0)
         self.moderator = content.moderator(settings, "output")  # None without --moderation
@@ -297,7 +300,7 @@ class GeneratorEngine:
             gen = self.pipe.generate_many(
                 [job.prompt], seeds=[p["seed"]], frames=p["frames"], height=p["height"], width=p["width"],
                 steps=p["steps"], guidance=p["guidance"], negative_prompt=p.get("negative_prompt"),
-                callback=callback, cache=p.get("cache"))[0]
+                callback=callback, cache=p.get("cache"), loras=p.get("lora") or {})[0]
         gen.fps = p["fps"]
         if self.moderator is not None:  # before anything is written: a blocked job fails with no file
             self.moderator.check_output(gen.frames, prompt=job.prompt, request_id=job.id)

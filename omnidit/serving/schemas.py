@@ -27,7 +27,7 @@ from omnidit.request import (  # the request contract's limits, shared with Pipe
     check_side,
     check_steps,
 )
-from omnidit.request import parse_cache
+from omnidit.request import parse_cache, parse_loras
 from omnidit.request import parse_size as parse_size_text
 
 MAX_N = 8
@@ -37,6 +37,8 @@ MAX_SECONDS = 600.0
 DEFAULT_SECONDS = 2.0
 CACHE_FIELD = ('step caching: "fbcache", "teacache" or "magcache", optionally ":<threshold>"; "none" turns off '
                "the model's default; teacache and magcache need the model's calibration (omnidit calibrate-cache)")
+LORA_FIELD = ('LoRA adapters for this request, {"name": scale} (GET /v1/models lists the names; scale in [-10, 10], '
+              "0 = off); default: none")
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class ImageRequest(_Body):
     guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     cache: str | None = Field(None, description=CACHE_FIELD, examples=["fbcache", "teacache:0.15"])
+    lora: dict[str, float] | None = Field(None, description=LORA_FIELD, examples=[{"style": 0.8}])
     response_format: Literal["b64_json", "url"] = "b64_json"
     model: str | None = Field(None, description="one of the served models (GET /v1/models); default: the first")
     # OpenAI's images fields (README "Using the OpenAI Python client" has the honoured/ignored/refused table).
@@ -135,6 +138,7 @@ class VideoRequest(_Body):
     guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     cache: str | None = Field(None, description=CACHE_FIELD, examples=["fbcache", "magcache:0.1"])
+    lora: dict[str, float] | None = Field(None, description=LORA_FIELD, examples=[{"style": 0.8}])
     model: str | None = Field(None, description="one of the served models (GET /v1/models); default: the first")
     user: str | None = Field(None, max_length=256)
     input_reference: str | dict | None = Field(
@@ -205,8 +209,9 @@ def _steps(steps: int | None, info: ModelInfo, max_steps: int) -> int:
         raise ApiError(422, f"{e} on this service", param="steps", code="invalid_value") from None
 
 
-def resolve_image(req: ImageRequest, info: ModelInfo, *, max_images: int, max_steps: int) -> dict:
-    """The generator payload for an image request: every default filled in."""
+def resolve_image(req: ImageRequest, info: ModelInfo, *, max_images: int, max_steps: int,
+                  loras: list[str] | None = None) -> dict:
+    """The generator payload for an image request: every default filled in (`loras`: the adapters served)."""
     check_model(req.model, info)
     if req.n > max_images:
         raise ApiError(422, f"n must be in [1, {max_images}] on this service, got {req.n}", param="n",
@@ -217,6 +222,7 @@ def resolve_image(req: ImageRequest, info: ModelInfo, *, max_images: int, max_st
             "steps": _steps(req.steps, info, max_steps),
             "guidance": info.guidance if req.guidance is None else req.guidance,
             "negative_prompt": req.negative_prompt, "seed": req.seed, "cache": _cache(req.cache),
+            "lora": _lora(req.lora, loras),
             "output_format": req.output_format, "output_compression": req.output_compression,
             "partial_images": (1 if req.partial_images is None else req.partial_images) if req.stream else 0}
 
@@ -228,6 +234,20 @@ def _cache(spec: str | None) -> str | None:
     except RequestError as e:
         raise request_error(e) from None
     return None if parsed is None else str(parsed)
+
+
+def _lora(spec: dict | None, available: list[str] | None) -> dict[str, float]:
+    """A request's adapters as {name: scale} in one spelling (sorted, zero scales dropped, {}: none), so equal
+    sets batch together; a name not served is a 404 naming the field and the adapters there are."""
+    missing = sorted(set(spec or {}) - set(available or []))
+    if missing:
+        have = ", ".join(repr(n) for n in available or []) or "none (start the service with --lora-dir DIR)"
+        raise ApiError(404, f"lora: no adapter {missing[0]!r} here; available: {have}", param="lora",
+                       code="lora_not_found")
+    try:
+        return parse_loras(spec or {})
+    except RequestError as e:
+        raise request_error(e) from None
 
 
 def _refuse(param: str, message: str) -> ApiError:
@@ -249,7 +269,7 @@ def _refuse_image_fields(req: ImageRequest) -> None:
         raise _refuse("n", f"stream=true generates one image (n=1), got n={req.n}")
 
 
-def resolve_video(req: VideoRequest, info: ModelInfo, *, max_steps: int) -> dict:
+def resolve_video(req: VideoRequest, info: ModelInfo, *, max_steps: int, loras: list[str] | None = None) -> dict:
     """The job parameters of a video request; the seed is fixed now so a retried job gives the same video."""
     check_model(req.model, info)
     if req.input_reference is not None:
@@ -277,7 +297,7 @@ def resolve_video(req: VideoRequest, info: ModelInfo, *, max_steps: int) -> dict
     return {"width": width, "height": height, "frames": frames, "fps": fps,
             "steps": _steps(req.steps, info, max_steps),
             "guidance": info.guidance if req.guidance is None else req.guidance,
-            "negative_prompt": req.negative_prompt, "cache": _cache(req.cache),
+            "negative_prompt": req.negative_prompt, "cache": _cache(req.cache), "lora": _lora(req.lora, loras),
             "seed": random.randrange(MAX_SEED) if req.seed is None else req.seed}
 
 

@@ -112,6 +112,12 @@ class Service:
         """The default (first) model."""
         return (await self.models())[0]
 
+    def lora_names(self) -> list[str]:
+        """Adapters requests may name in `lora`: --lora-dir's <name>.safetensors files, listed now."""
+        from omnidit.pipeline_lora import lora_names
+
+        return lora_names(self.settings.lora_dir) if self.settings.lora_dir else []
+
     async def route(self, requested: str | None) -> tuple[GeneratorClient, ModelInfo]:
         """The generator and card of the model a request names (None: the first); else 404 model_not_found."""
         infos = await self.models()
@@ -145,7 +151,8 @@ class Service:
 
     async def generate_images(self, req: ImageRequest, base_url: str) -> dict:
         generator, info = await self.route(req.model)
-        payload = resolve_image(req, info, max_images=self.settings.max_images, max_steps=self.settings.max_steps)
+        payload = resolve_image(req, info, max_images=self.settings.max_images, max_steps=self.settings.max_steps,
+                                loras=self.lora_names())
         payload["request_id"] = request_id = "req_" + secrets.token_hex(12)
         payload["moderation"] = req.moderation  # OpenAI's field: the policy's strictness (auto | low)
         await self._moderate(req, request_id, req.moderation)
@@ -181,7 +188,8 @@ class Service:
         Server-Sent Events: `image_generation.partial_image` x partial_images, `image_generation.completed`
         (or one `error` event with the JSON error body)."""
         generator, info = await self.route(req.model)
-        payload = resolve_image(req, info, max_images=self.settings.max_images, max_steps=self.settings.max_steps)
+        payload = resolve_image(req, info, max_images=self.settings.max_images, max_steps=self.settings.max_steps,
+                                loras=self.lora_names())
         payload["request_id"] = request_id = "req_" + secrets.token_hex(12)
         payload["moderation"] = req.moderation
         await self._moderate(req, request_id, req.moderation)
@@ -238,7 +246,7 @@ class Service:
     # -- video jobs ---------------------------------------------------------------------------
     async def create_video(self, req: VideoRequest, idempotency_key: str | None) -> tuple[dict, bool]:
         _, info = await self.route(req.model)
-        params = resolve_video(req, info, max_steps=self.settings.max_steps)
+        params = resolve_video(req, info, max_steps=self.settings.max_steps, loras=self.lora_names())
         if idempotency_key is not None and not (idempotency_key.isprintable() and idempotency_key.strip()):
             raise ApiError(400, "Idempotency-Key must be 1-255 printable characters", param="Idempotency-Key",
                            code="invalid_value")

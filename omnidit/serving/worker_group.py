@@ -35,6 +35,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_LORA_LIBRARY = "lora_library"  # an inbox message that is no generation
+
+
 def _worker_main(rank, world, port, model, config, device, dtype, inbox, outbox, cancel, timeout_s):
     """One process of the group: join the process group, load the Pipeline, serve requests."""
     import torch
@@ -57,6 +60,9 @@ def _worker_main(rank, world, port, model, config, device, dtype, inbox, outbox,
     try:
         while (job := inbox.get()) is not None:
             job_id, kwargs = job
+            if job_id == _LORA_LIBRARY:  # every rank loads the same adapters for a request
+                pipe.set_lora_library(**kwargs)
+                continue
 
             def on_step(step, total, x, job_id=job_id):
                 if rank == 0:
@@ -152,6 +158,12 @@ class WorkerGroup:
                     raise RequestError(a, b) if a is not None else ValueError(b)
                 self._broken = f"worker {a} raised"
                 raise RuntimeError(f"worker {a} failed; the group is unusable:\n{b}")
+
+    def set_lora_library(self, folder, capacity: int = 8) -> None:
+        """`Pipeline.set_lora_library` on every worker (before the requests sent after it)."""
+        with self._lock:
+            for inbox in self._inboxes:
+                inbox.put((_LORA_LIBRARY, {"folder": folder, "capacity": capacity}))
 
     @property
     def broken(self) -> str | None:

@@ -122,6 +122,8 @@ def test_sweep_rows_are_eval_rows_under_each_setting(model, tmp_path, capsys):
     (["--shift", "-1"], "shift"),
     (["--sweep", "steps=2", "--decoder", "x"], "--decoder and --sweep"),
     (["--n", "0", "--videos", "0"], "--n and --videos"),
+    (["--sweep", "cache=fbcash"], "cache policy must be one of"),
+    (["--cache", "magcache"], "calibrate-cache"),
 ])
 def test_bad_settings_exit_2_in_one_line_before_sampling(model, monkeypatch, capsys, argv, named):
     def refuse(*args, **kwargs):
@@ -143,3 +145,49 @@ def test_setting_parser_names_the_bad_part():
     for bad in ("", ",", "steps=", "sampler"):
         with pytest.raises(ValueError, match="KEY=VALUE|must be"):
             parse_setting(bad)
+
+
+def test_cache_sweep_rows_compare_with_the_first_rows_frames_and_resume(model, tmp_path, capsys, monkeypatch):
+    from omnidit.distill.compare import psnr, ssim
+
+    out = tmp_path / "cache.json"
+    argv = ["eval", "--model", str(model), *SMALL, "--videos", "0", "--steps", "4", "--cache", "none",
+            "--sweep", "cache=fbcache:0", "--sweep", "cache=fbcache:0.5", "--json", str(out)]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["setting"]["cache"] for r in rows] == ["none", "fbcache:0", "fbcache:0.5"]
+    first, exact, cached = (r["images"] for r in rows)
+    assert "psnr_vs_first" not in first and first["fraction_computed"] == 1.0
+    assert exact["psnr_vs_first"] == 100.0 and exact["ssim_vs_first"] == 1.0 and exact["fraction_computed"] == 1.0
+
+    pipe = Pipeline.from_pretrained(model, device="cpu")
+    prompts = eval_prompts(3, seed=5, video=False)
+    seeds = [5 + i for i in range(3)]
+    ref = pipe.generate_many(prompts, seeds=seeds, height=32, width=32, steps=4, cache="none")
+    gens = pipe.generate_many(prompts, seeds=seeds, height=32, width=32, steps=4, cache="fbcache:0.5")
+    computed = sum(g.info["steps_computed"] for g in gens)
+    assert computed < 12 and cached["fraction_computed"] == round(computed / 12, 4)
+    want_psnr = sum(min(psnr(g.frames, r.frames), 100.0) for g, r in zip(gens, ref)) / 3
+    assert want_psnr < 100.0 and cached["psnr_vs_first"] == pytest.approx(want_psnr, abs=0.01)
+    assert cached["ssim_vs_first"] == pytest.approx(sum(ssim(g.frames, r.frames) for g, r in zip(gens, ref)) / 3,
+                                                    abs=1e-4)
+
+    # --resume after an interruption: finished rows are kept, only the missing one is sampled
+    saved = json.loads(out.read_text())
+    saved["rows"] = saved["rows"][:2]
+    out.write_text(json.dumps(saved))
+    calls = []
+    real = Pipeline.generate_many
+    monkeypatch.setattr(Pipeline, "generate_many", lambda self, *a, **k: calls.append(k["cache"]) or real(self, *a, **k))
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    assert set(calls) == {"fbcache:0.5"}
+    again = json.loads(out.read_text())["rows"]
+    assert again[:2] == rows[:2]  # kept as written
+    for r in (again[2], rows[2]):
+        r["images"].pop("seconds_per_sample")
+    assert again[2] == rows[2]  # sampled again: the same scores and frames
+    assert len(capsys.readouterr().out.splitlines()) == 4  # header + every row printed again
+    other = [a if a != "none" else "fbcache:0.1" for a in argv]  # another first row: its frames are not these
+    assert main([*other, "--resume"]) == 2
+    assert "--resume" in capsys.readouterr().err

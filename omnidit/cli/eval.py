@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=positive_int("--size"), default=64)
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=8)
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--resume", action="store_true",
+                   help="--sweep: keep the rows an earlier run wrote to --json and score only the rest")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu (the machine BENCHMARKS.md reports) or cuda")
     p.add_argument("--text-encoder", default=None,
                    help="a local sentence-encoder folder to use instead of the models' own (offline GPU boxes)")
@@ -34,9 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--guidance", type=float, default=None, help="guidance scale")
     s.add_argument("--sampler", default=None, help="sampler name (euler, x0_renoise)")
     s.add_argument("--shift", type=float, default=None, help="flow-matching timestep shift (> 0)")
+    s.add_argument("--cache", default=None, metavar="SPEC",
+                   help='step cache: "none", "fbcache", "teacache" or "magcache", optionally ":<threshold>"')
     s.add_argument("--sweep", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                    help="one more row with these settings on top of the flags' (keys sampler, shift, steps, "
-                        "guidance); repeat for more rows. Tune on a --seed other than the reported 1000")
+                        "guidance, cache); repeat for more rows; rows after the first also get PSNR/SSIM "
+                        "against its frames. Tune on a --seed other than the reported 1000")
 
     m = p.add_argument_group("other comparisons (one at a time)")
     m.add_argument("--teacher", default=None,
@@ -124,30 +129,22 @@ def load_models(args: argparse.Namespace):
 
 
 def adherence(args: argparse.Namespace, pipe, sets, settings: list[dict]) -> int:
-    """The model under each setting: eval's lines for one; for a sweep, a table printed row by row."""
-    from omnidit.cli.eval_report import format_results, report, table_header, table_row, write_json
-    from omnidit.cli.eval_settings import applied, label
+    """The model under each setting: eval's lines for one; for a sweep, a table printed row by row (eval_sweep)."""
+    from omnidit.cli.eval_report import format_results, report
+    from omnidit.cli.eval_settings import applied
     from omnidit.shapes.adherence import eval_pipeline
 
-    sweep = len(settings) > 1
-    if sweep:
-        print(table_header("setting", 28, "   s/sample"), flush=True)
-    rows = []
-    for setting in settings:
-        with applied(pipe, setting) as call:
-            r = {"model": pipe.name, "setting": setting, "steps": call.get("steps") or pipe.config.steps,
-                 "sampler": pipe.config.sampler, "shift": pipe.config.shift}
-            for kind, prompts, frames in sets:
-                r[kind] = eval_pipeline(pipe, prompts, frames=frames, seed=args.seed, height=args.size,
-                                        width=args.size, batch_size=args.batch_size, **call)
-                if sweep:
-                    print(table_row(kind, label(setting), 28, r[kind]["scores"],
-                                    f" {r[kind]['seconds_per_sample']:10.3f}"), flush=True)
-        rows.append(r)
-    if not sweep:
-        return report(format_results(rows[0]), rows[0], args.json)
-    write_json({"model": pipe.name, "rows": rows}, args.json)
-    return 0
+    if len(settings) > 1:
+        from omnidit.cli.eval_sweep import run_sweep
+
+        return run_sweep(args, pipe, sets, settings)
+    with applied(pipe, settings[0]) as call:
+        r = {"model": pipe.name, "setting": settings[0], "steps": call.get("steps") or pipe.config.steps,
+             "sampler": pipe.config.sampler, "shift": pipe.config.shift}
+        for kind, prompts, frames in sets:
+            r[kind] = eval_pipeline(pipe, prompts, frames=frames, seed=args.seed, height=args.size,
+                                    width=args.size, batch_size=args.batch_size, **call)
+    return report(format_results(r), r, args.json)
 
 
 def compare(args: argparse.Namespace, student, teacher, sets) -> int:

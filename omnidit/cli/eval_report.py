@@ -29,7 +29,8 @@ def format_results(results: dict) -> str:
         if not r:
             continue
         scores = "  ".join(f"{k} {100 * v:.1f}%" for k, v in r["scores"].items())
-        lines.append(f"{kind:6s} n={r['n']:<4d} {r['seconds_per_sample']:.3f} s/sample  {scores}")
+        computed = f"  {r['fraction_computed']:.0%} of steps computed" if r.get("fraction_computed", 1) < 1 else ""
+        lines.append(f"{kind:6s} n={r['n']:<4d} {r['seconds_per_sample']:.3f} s/sample{computed}  {scores}")
     return "\n".join(lines)
 
 

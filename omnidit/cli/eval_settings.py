@@ -1,8 +1,9 @@
 """The sampling settings `omnidit eval` scores a model under.
 
 A setting overrides some of the model's own: `sampler` and `shift` (its PipelineConfig, swapped
-for the row and restored after), `steps` and `guidance` (generate's arguments). `--sampler`,
-`--shift`, `--steps` and `--guidance` give the first row; each `--sweep KEY=VALUE[,KEY=VALUE]`
+for the row and restored after), `steps`, `guidance` and `cache` (generate's arguments; `cache`
+is a step-cache SPEC, "none" for off). `--sampler`, `--shift`, `--steps`, `--guidance` and
+`--cache` give the first row; each `--sweep KEY=VALUE[,KEY=VALUE]`
 adds a row on top of it, scored with the same prompts and seeds after one model load.
 """
 
@@ -13,8 +14,8 @@ import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-PER_CALL = ("steps", "guidance")  # generate's arguments; the other keys are PipelineConfig fields
-KINDS = {"sampler": str, "shift": float, "steps": int, "guidance": float}
+PER_CALL = ("steps", "guidance", "cache")  # generate's arguments; the other keys are PipelineConfig fields
+KINDS = {"sampler": str, "shift": float, "steps": int, "guidance": float, "cache": str}
 KIND_NAMES = {float: "a number", str: "a name", int: "an integer"}
 
 
@@ -53,6 +54,7 @@ def check(pipe, setting: dict) -> None:
     dataclasses.replace(pipe.config, **split(setting)[0])  # PipelineConfig's own checks (the sampler's name)
     flow_sigmas(setting.get("steps", pipe.config.steps), setting.get("shift", pipe.config.shift))
     pipe.check(guidance=setting.get("guidance"), steps=setting.get("steps"))
+    pipe.check_cache(setting.get("cache"))  # a RequestError (a ValueError) naming the SPEC
 
 
 @contextmanager

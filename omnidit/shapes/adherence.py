@@ -36,18 +36,23 @@ def eval_sets(n: int, videos: int, seed: int) -> list[tuple[str, list[str], int]
 
 def eval_pipeline(pipe, prompts: list[str], *, frames: int = 1, steps: int | None = None,
                   guidance: float | None = None, seed: int = 0, height: int = 64, width: int = 64,
-                  batch_size: int = 8, keep_frames: bool = False) -> dict:
-    """Per-attribute accuracy over `prompts`; sample i uses seed `seed + i` whatever the batching."""
+                  batch_size: int = 8, keep_frames: bool = False, cache=None) -> dict:
+    """Per-attribute accuracy over `prompts`; sample i uses seed `seed + i` whatever the batching.
+    `cache`: generate's step-cache SPEC; with a policy running, `fraction_computed` is the share
+    of sample-steps whose blocks ran."""
     from omnidit.shapes import parse_prompt, score
 
     totals: dict[str, list[float]] = defaultdict(list)
     kept = []
+    computed = total = 0
     t0 = time.perf_counter()
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
         gens = pipe.generate_many(batch, seeds=[seed + start + i for i in range(len(batch))], frames=frames,
-                                  height=height, width=width, steps=steps, guidance=guidance)
+                                  height=height, width=width, steps=steps, guidance=guidance, cache=cache)
         for p, g in zip(batch, gens):
+            total += g.info.get("steps", 0)
+            computed += g.info.get("steps_computed", g.info.get("steps", 0))
             for k, v in score(g.frames, parse_prompt(p)).items():
                 if v is not None:
                     totals[k].append(float(v))
@@ -59,6 +64,7 @@ def eval_pipeline(pipe, prompts: list[str], *, frames: int = 1, steps: int | Non
         "n": len(prompts),
         "frames": frames,
         "seconds_per_sample": round(seconds / max(1, len(prompts)), 4),
+        "fraction_computed": round(computed / max(1, total), 4),
     }
     if keep_frames:
         result["frames_list"] = kept

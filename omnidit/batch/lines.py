@@ -1,7 +1,7 @@
 """Prompt lines of a batch job: JSON objects -> typed `BatchItem`s, or `LineError`s naming the line.
 
 A line is `{"id"?, "prompt", "frames"?, "size"? ("WxH"), "seed"?, "steps"?, "guidance"?,
-"negative_prompt"?, "cache"? (a step-cache SPEC)}`. Fields are checked by the request contract
+"negative_prompt"?, "cache"? (a step-cache SPEC), "lora"? ({"adapter": scale})}`. Fields are checked by the request contract
 (`omnidit.request`); with the model's temporal ratio (the runner passes it) frame counts are
 checked here too, and the model's other limits (size multiple, max frames) by `Pipeline.check` on the worker.
 """
@@ -22,10 +22,11 @@ from omnidit.request import (
     check_seed,
     check_steps,
     parse_cache,
+    parse_loras,
     parse_size,
 )
 
-KEYS = ("id", "prompt", "frames", "size", "seed", "steps", "guidance", "negative_prompt", "cache")
+KEYS = ("id", "prompt", "frames", "size", "seed", "steps", "guidance", "negative_prompt", "cache", "lora")
 ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
@@ -44,6 +45,7 @@ class BatchItem:
     guidance: float | None = None
     negative_prompt: str | None = None
     cache: str | None = None  # normalised SPEC ("fbcache" -> "fbcache:0.1"), None: the model's default
+    lora: str | None = None  # adapters as canonical JSON ({"name": scale} sorted, no zeros), None: the job's --lora
 
     @property
     def suffix(self) -> str:
@@ -56,11 +58,13 @@ class BatchItem:
     @property
     def group_key(self) -> tuple:
         """Items with equal keys can share one `generate_many` call (all its shared arguments)."""
-        return (self.frames, self.width, self.height, self.steps, self.guidance, self.negative_prompt, self.cache)
+        return (self.frames, self.width, self.height, self.steps, self.guidance, self.negative_prompt, self.cache,
+                self.lora)  # different adapter sets never share a forward
 
     def params(self) -> dict:
         return {"frames": self.frames, "width": self.width, "height": self.height, "steps": self.steps,
-                "guidance": self.guidance, "negative_prompt": self.negative_prompt, "cache": self.cache}
+                "guidance": self.guidance, "negative_prompt": self.negative_prompt, "cache": self.cache,
+                "lora": self.lora}
 
     def fingerprint(self, model: str) -> str:
         """What the output depends on: a rerun skips an id only when this is unchanged."""
@@ -68,6 +72,8 @@ class BatchItem:
         d.pop("line")  # moving a line within the file does not change its output
         if d["cache"] is None:
             d.pop("cache")  # lines without a cache keep the fingerprints they had before the key existed
+        if d["lora"] is None:
+            d.pop("lora")  # likewise lines without a lora
         return _sha1({"item": d, "model": model})
 
     def to_dict(self) -> dict:
@@ -107,9 +113,11 @@ def derived_seed(item_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"omnidit-seed:{item_id}".encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def parse_line(text: str, line: int, *, temporal_ratio: int | None = None) -> BatchItem | LineError:
+def parse_line(text: str, line: int, *, temporal_ratio: int | None = None,
+               loras: list[str] | None = None) -> BatchItem | LineError:
     """One line (1-based number `line`) -> a `BatchItem`, or a `LineError` saying what is wrong.
-    `temporal_ratio`: the model VAE's, to check frame counts now (None: on the worker)."""
+    `temporal_ratio`: the model VAE's, to check frame counts now (None: on the worker); `loras`: the
+    adapter names a line may use (None: checked on the worker)."""
     key = _sha1(text.strip())
 
     def err(message: str, item_id=None, prompt=None) -> LineError:
@@ -138,12 +146,14 @@ def parse_line(text: str, line: int, *, temporal_ratio: int | None = None) -> Ba
             guidance=check_guidance(obj["guidance"]) if obj.get("guidance") is not None else None,
             negative_prompt=check_negative_prompt(obj.get("negative_prompt")),
             cache=str(parse_cache(obj["cache"])) if obj.get("cache") is not None else None,
+            lora=json.dumps(parse_loras(obj["lora"], loras), sort_keys=True) if obj.get("lora") is not None else None,
         )
     except ValueError as e:
         return err(str(e), raw_id, raw_prompt)
 
 
-def parse_prompts(path: str | Path, *, temporal_ratio: int | None = None) -> ParsedPrompts:
+def parse_prompts(path: str | Path, *, temporal_ratio: int | None = None,
+                  loras: list[str] | None = None) -> ParsedPrompts:
     """Every non-blank line of a JSONL file; a repeated id is an error on its later lines."""
     items: list[BatchItem] = []
     errors: list[LineError] = []
@@ -156,7 +166,7 @@ def parse_prompts(path: str | Path, *, temporal_ratio: int | None = None) -> Par
         except UnicodeDecodeError as e:
             errors.append(LineError(n, f"line {n}: not UTF-8 ({e.reason} at byte {e.start})", _sha1(raw.hex())))
             continue
-        parsed = parse_line(text, n, temporal_ratio=temporal_ratio)
+        parsed = parse_line(text, n, temporal_ratio=temporal_ratio, loras=loras)
         if isinstance(parsed, BatchItem) and parsed.id in first_line:
             parsed = LineError(n, f"line {n}: duplicate id {parsed.id!r} (first on line {first_line[parsed.id]})",
                                _sha1(text.strip()), parsed.id, parsed.prompt)

@@ -48,6 +48,10 @@ class BatchConfig:
     visible_label: str | None = None  # text drawn in a corner of each output
     visible_label_frames: str = "ends"  # ends | all
     visible_label_font: str | None = None  # a TrueType file (needed for CJK label text)
+    # LoRA adapters (README "LoRA adapters"): --lora files loaded by every actor, {name: [path, scale]}, their
+    # scales the set of lines without a "lora" key; a line's "lora" names these or lora_dir's <name>.safetensors.
+    loras: dict | None = None
+    lora_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -56,6 +60,8 @@ class BatchConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.lora_dir is not None and not Path(self.lora_dir).is_dir():
+            raise ValueError(f"lora_dir {self.lora_dir!r} does not exist or is not a directory")
         if self.visible_label_frames not in ("ends", "all"):
             raise ValueError(f"visible_label_frames must be ends or all, got {self.visible_label_frames!r}")
         from omnidit.pipeline_memory import check_memory
@@ -106,7 +112,7 @@ def run_batch(cfg: BatchConfig, *, on_row: Callable[[dict], None] | None = None)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model = model_identity(cfg.model)
-    parsed = parse_prompts(cfg.prompts, temporal_ratio=open_model(model).temporal_ratio)
+    parsed = parse_prompts(cfg.prompts, temporal_ratio=open_model(model).temporal_ratio, loras=_lora_names(cfg))
     parsed = moderate_prompts(parsed, moderator(safety_options(cfg), "prompt"), model)  # before any work
     manifest_path = out / MANIFEST_NAME
     run = uuid.uuid4().hex[:8]
@@ -130,6 +136,13 @@ def run_batch(cfg: BatchConfig, *, on_row: Callable[[dict], None] | None = None)
     return BatchSummary(items=len(plan.items), skipped=plan.skipped, ok=ok, failed=failed,
                         rejected=len(plan.new_errors), rejected_before=plan.known_errors,
                         seconds=time.perf_counter() - t0, manifest=manifest_path)
+
+
+def _lora_names(cfg: BatchConfig) -> list[str]:
+    """Adapters a line may name: the --lora files' and those of lora_dir."""
+    from omnidit.pipeline_lora import lora_names
+
+    return sorted(set(cfg.loras or {}) | set(lora_names(cfg.lora_dir) if cfg.lora_dir else []))
 
 
 def _generate(plan: Plan, cfg: BatchConfig, model: str, run: str, out: Path):
@@ -183,7 +196,8 @@ def _dataset(chunks: list[list[BatchItem]], cfg: BatchConfig, model: str, *, thr
         compute=ray.data.ActorPoolStrategy(size=min(cfg.concurrency, len(rows))),
         fn_constructor_kwargs={"model": model, "device": cfg.device, "threads": threads,
                                "safety": safety_options(cfg), "memory": {"weights": cfg.weights,
-                                                                         "offload": cfg.offload}},
+                                                                         "offload": cfg.offload},
+                               "loras": cfg.loras, "lora_dir": cfg.lora_dir},
         num_cpus=1, num_gpus=1 if gpu else 0,
     )
 

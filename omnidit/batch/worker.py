@@ -13,12 +13,14 @@ from omnidit.batch.lines import BatchItem
 from omnidit.batch.safety import finisher
 
 
-def generate_chunk(pipe, items: list[BatchItem], finish=None) -> list[tuple[dict, bytes]]:
+def generate_chunk(pipe, items: list[BatchItem], finish=None, default_loras: dict | None = None
+                   ) -> list[tuple[dict, bytes]]:
     """One `generate_many` call for items sharing their arguments -> (result, bytes) per item.
 
     A failure (a ValueError from `Pipeline.check`, or anything the model raises) becomes an
     error result for each item of the chunk instead of stopping the job. `finish(gen, item)` (the
     output hook and labels, omnidit/batch/safety.py) runs before encoding; what it raises is that item's error.
+    `default_loras`: the adapter set of items without a `lora` (the job's --lora scales).
     """
     first = items[0]
     t0 = time.perf_counter()
@@ -27,6 +29,7 @@ def generate_chunk(pipe, items: list[BatchItem], finish=None) -> list[tuple[dict
             [it.prompt for it in items], seeds=[it.seed for it in items], frames=first.frames,
             height=first.height, width=first.width, steps=first.steps, guidance=first.guidance,
             negative_prompt=first.negative_prompt, cache=first.cache,
+            loras=json.loads(first.lora) if first.lora is not None else (default_loras or {}),
         )
     except Exception as e:  # noqa: BLE001 - every failure is reported per item, the job goes on
         return [(_error(it, e, time.perf_counter() - t0), b"") for it in items]
@@ -58,7 +61,7 @@ class ChunkGenerator:
     """Ray Data callable class: one per actor, the model loaded once in `__init__`."""
 
     def __init__(self, model: str, device: str, threads: int | None = None, safety: dict | None = None,
-                 memory: dict | None = None):
+                 memory: dict | None = None, loras: dict | None = None, lora_dir: str | None = None):
         import torch
 
         if threads:
@@ -67,6 +70,11 @@ class ChunkGenerator:
 
         self.pipe = Pipeline.from_pretrained(model, device=device, **(memory or {}))  # weights, offload
         self.finish = finisher(safety or {})
+        self.loras = {}  # the --lora set: {name: scale}
+        for name, (path, scale) in (loras or {}).items():
+            self.pipe.load_lora(path, name=name, scale=scale)
+            self.loras[name] = scale
+        self.pipe.set_lora_library(lora_dir)
 
     def __call__(self, batch):
         """A pyarrow batch of `chunk` (JSON list of items) -> a table of `id`, `result`, `data`."""
@@ -75,7 +83,7 @@ class ChunkGenerator:
         ids, results, datas = [], [], []
         for chunk in batch.column("chunk").to_pylist():
             items = [BatchItem(**d) for d in json.loads(chunk)]
-            for result, data in generate_chunk(self.pipe, items, self.finish):
+            for result, data in generate_chunk(self.pipe, items, self.finish, self.loras):
                 ids.append(result["id"])
                 results.append(json.dumps(result))
                 datas.append(data)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from omnidit.cli.common import ConfigFlags, UserError, positive_int
+from omnidit.cli.lora_flags import add_lora_args, lora_specs
 from omnidit.cli.memory_flags import add_memory_args
 
 HELP = "generate every line of a JSONL prompts file into a folder (Ray Data job)"
@@ -22,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     c = ConfigFlags(p, BatchConfig)
     p.add_argument("prompts", help='JSONL, one {"id"?, "prompt", "frames"?, "size"?: "WxH", "seed"?, "steps"?, '
-                                   '"guidance"?, "negative_prompt"?} per line')
+                                   '"guidance"?, "negative_prompt"?, "cache"?, "lora"?: {"adapter": scale}} per line')
     p.add_argument("--out", required=True, help="output folder: <id>.png / <id>.mp4 and manifest.jsonl")
     c.add("--model", help="shipped model name or diffusers-format folder (default: the embedded model)")
     c.add("--concurrency", type=positive_int("--concurrency"),
@@ -40,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add("--visible-label", metavar="TEXT", help="draw TEXT in a corner of every output")
     c.add("--visible-label-frames", choices=("ends", "all"), help="video frames the visible label goes on")
     c.add("--visible-label-font", metavar="TTF", help="a TrueType font for the visible label (needed for CJK text)")
+    add_lora_args(p)
+    c.add("--lora-dir", metavar="DIR", help='adapters a line may name in "lora": DIR/<name>.safetensors')
     p.set_defaults(func=run, config_flags=c)
 
 
@@ -74,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise UserError(f"batch jobs need Ray Data: pip install 'ray[data]' ({e})") from None
     try:
-        cfg = args.config_flags.build(args, prompts=prompts, out=out, model=model, device=device)
+        loras = {name: [str(path), scale] for name, (path, scale) in lora_specs(args.lora).items()} or None
+        cfg = args.config_flags.build(args, prompts=prompts, out=out, model=model, device=device, loras=loras)
     except ValueError as e:  # e.g. a bad --moderation policy, naming its key
         raise UserError(str(e)) from None
     try:

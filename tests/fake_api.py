@@ -76,7 +76,8 @@ def _card(model: str) -> dict:
     return {"id": model, "object": "model", "owned_by": "omnidit",
             "defaults": {"size": "32x32" if small else "64x64", "steps": 30, "guidance": 4.0, "fps": 8},
             "limits": {"max_size": "64x64" if small else f"{MAX_SIDE}x{MAX_SIDE}", "size_multiple": 16,
-                       "max_frames": 17 if small else 33, "frames_multiple": 4}}
+                       "max_frames": 17 if small else 33, "frames_multiple": 4},
+            "loras": [] if small else ["ink"]}
 
 
 def make_app(*, api_key: str | None = None, job_seconds: float = 1.0, models: tuple[str, ...] = (MODEL_ID,)) -> FastAPI:

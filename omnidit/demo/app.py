@@ -103,6 +103,14 @@ def _opt_float(v) -> float | None:
     return None if v is None or v == "" or float(v) <= 0 else float(v)
 
 
+NO_LORA = "none"
+
+
+def _lora(name, scale) -> dict[str, float] | None:
+    """The adapter picker's choice as a request's `lora` (None: no adapter)."""
+    return None if not name or name == NO_LORA else {str(name): float(1.0 if scale is None else scale)}
+
+
 class DemoHandlers:
     """The demo's event handlers, bound to one service. Results are written under `out_dir`."""
 
@@ -167,16 +175,29 @@ class DemoHandlers:
                 gr.update(**frames, info=f"1 mod {frames['step']}: {frames['minimum']}, {frames['value']}, …")
                 if frames else gr.update())
 
+    def lora_choices(self):
+        """On page load: the adapter picker (the service's adapters, /v1/models `loras`) and its scale;
+        both hidden when the service has none."""
+        try:
+            cards = self.client.models()
+        except ApiError:
+            return gr.update(), gr.update()
+        names = sorted({n for c in cards if isinstance(c, dict) for n in c.get("loras") or []})
+        return (gr.update(choices=[NO_LORA, *names], value=NO_LORA, visible=bool(names)),
+                gr.update(visible=bool(names)))
+
     # -- image ------------------------------------------------------------------------------
 
-    def generate_image(self, prompt, size, steps, seed, guidance, negative_prompt, recent, model=None):
-        """-> (image path | None, recent, gallery, error markdown); `model`: the picker's (None: the default)"""
+    def generate_image(self, prompt, size, steps, seed, guidance, negative_prompt, recent, model=None, lora=None,
+                       lora_scale=1.0):
+        """-> (image path | None, recent, gallery, error markdown); `model`: the picker's (None: the default);
+        `lora`, `lora_scale`: the adapter picker's (None or "none": no adapter)"""
         try:
             prompt = self._check_inputs(prompt, size)
             pngs = self.client.generate_images(
                 prompt, size=size, n=1, seed=_opt_int(seed, none_below=0), steps=_opt_int(steps, none_below=1),
                 guidance=_opt_float(guidance), negative_prompt=(negative_prompt or "").strip() or None,
-                model=model or None)
+                model=model or None, lora=_lora(lora, lora_scale))
             if not pngs:
                 raise ApiError("the service returned no image")
         except (ApiError, ValueError) as e:
@@ -190,7 +211,8 @@ class DemoHandlers:
 
     # -- video ------------------------------------------------------------------------------
 
-    def run_video(self, prompt, size, frames, steps, seed, guidance, negative_prompt, recent, model=None):
+    def run_video(self, prompt, size, frames, steps, seed, guidance, negative_prompt, recent, model=None, lora=None,
+                  lora_scale=1.0):
         """Generator: create a job, poll it, fetch the MP4.
 
         Yields (job id, progress html, video path | None, recent, gallery, error markdown). The job
@@ -201,7 +223,8 @@ class DemoHandlers:
             job = self.client.create_video(
                 prompt, size=size, frames=_opt_int(frames, none_below=1), seed=_opt_int(seed, none_below=0),
                 steps=_opt_int(steps, none_below=1), guidance=_opt_float(guidance),
-                negative_prompt=(negative_prompt or "").strip() or None, model=model or None)
+                negative_prompt=(negative_prompt or "").strip() or None, model=model or None,
+                lora=_lora(lora, lora_scale))
         except (ApiError, ValueError) as e:
             msg = getattr(e, "message", None) or str(e)
             gr.Warning(msg)
@@ -279,6 +302,10 @@ def build_app(cfg: DemoConfig, handlers: DemoHandlers | None = None) -> gr.Block
         # Filled from /v1/models on page load; image and video requests send the picked model.
         model = gr.Dropdown([], value=None, label="Model", info="the service's models; the first is its default",
                             interactive=True, visible=False, elem_id="model-picker")
+        with gr.Row():  # filled from /v1/models `loras` on page load; hidden when the service has none
+            lora = gr.Dropdown([NO_LORA], value=NO_LORA, label="LoRA adapter", visible=False, elem_id="lora-picker")
+            lora_scale = gr.Slider(-2, 2, value=1.0, step=0.05, label="Adapter scale", visible=False,
+                                   elem_id="lora-scale")
         recent = gr.State([])
 
         with gr.Tabs():
@@ -317,11 +344,14 @@ def build_app(cfg: DemoConfig, handlers: DemoHandlers | None = None) -> gr.Block
 
         demo.load(h.service_status, outputs=[service, i_size, v_size, v_frames, model], api_name="service_status")
         model.input(h.fit_model, [model], [i_size, v_size, v_frames], api_name="fit_model")
+        demo.load(h.lora_choices, outputs=[lora, lora_scale], api_name="lora_choices")
         # The service queues and rate-limits; the demo does not serialize users behind one another.
-        i_go.click(h.generate_image, [i_prompt, i_size, i_steps, i_seed, i_guidance, i_negative, recent, model],
+        i_go.click(h.generate_image,
+                   [i_prompt, i_size, i_steps, i_seed, i_guidance, i_negative, recent, model, lora, lora_scale],
                    [i_out, recent, gallery, i_error], api_name="generate_image", concurrency_limit=None)
         v_go.click(h.run_video,
-                   [v_prompt, v_size, v_frames, v_steps, v_seed, v_guidance, v_negative, recent, model],
+                   [v_prompt, v_size, v_frames, v_steps, v_seed, v_guidance, v_negative, recent, model, lora,
+                    lora_scale],
                    [job_id, v_progress, v_out, recent, gallery, v_error], api_name="generate_video",
                    concurrency_limit=None, show_progress="minimal")
         v_stop.click(h.stop_video, [job_id], [v_error], api_name="stop_video", concurrency_limit=None)

@@ -106,10 +106,14 @@ class RefinerBlock(nn.Module):
         return torch.addcmul(x, self.ff(self.norm2(x)), gate_mlp)  # [B, L, D]
 
 
-def refiner_mask(mask: torch.Tensor) -> torch.Tensor:
-    """diffusers' refiner mask from a `[B, L]` token mask: `[B, 1, L, L]` where real query rows see the
-    real keys and padded rows see key 0 only (their outputs never reach a real token later)."""
+def refiner_mask(mask: torch.Tensor, *, first_key: bool = True) -> torch.Tensor:
+    """diffusers' refiner mask from a `[B, L]` token mask, `[B, 1, L, L]`: real query rows see the real
+    keys. `first_key` (1.0): every row also sees key 0, so padded rows see key 0 only (their outputs
+    never reach a real token later). Without (1.5, whose padded rows are dropped after the refiner):
+    a key mask, so padded rows stay finite and real rows are exactly diffusers'."""
     m = mask.bool()
+    if not first_key:
+        return m[:, None, None, :].expand(-1, 1, m.shape[1], -1)  # [B, 1, L, L]
     allowed = m[:, None, :, None] & m[:, None, None, :]  # [B, 1, L, L]
     allowed[..., 0] = True
     return allowed
@@ -118,8 +122,9 @@ def refiner_mask(mask: torch.Tensor) -> torch.Tensor:
 class TokenRefiner(nn.Module):
     """Projects text-encoder states to the model width and refines them with self-attention blocks."""
 
-    def __init__(self, text_dim: int, dim: int, heads: int, num_layers: int):
+    def __init__(self, text_dim: int, dim: int, heads: int, num_layers: int, *, first_key: bool = True):
         super().__init__()
+        self.first_key = first_key  # refiner_mask's padding semantics: 1.0 True, 1.5 False
         self.time_text_embed = ConditionEmbedding(dim, text_dim)
         self.proj_in = nn.Linear(text_dim, dim)
         self.token_refiner = nn.Module()  # keeps diffusers' `token_refiner.refiner_blocks.N` key path
@@ -131,7 +136,7 @@ class TokenRefiner(nn.Module):
         pooled = ((text * m).sum(dim=1) / m.sum(dim=1)).to(text.dtype)  # [B, Dt] mean over real tokens
         temb = self.time_text_embed(timestep, pooled)  # [B, D]
         x = self.proj_in(text)  # [B, L, D]
-        attn_mask = refiner_mask(mask) if padded else None  # [B, 1, L, L]
+        attn_mask = refiner_mask(mask, first_key=self.first_key) if padded else None  # [B, 1, L, L]
         for block in self.token_refiner.refiner_blocks:
             x = block(x, temb, attn_mask)  # [B, L, D]
         return x

@@ -76,6 +76,9 @@ def load_state_dict(
         with safe_open(str(file), framework="pt", device="cpu") as f:
             keys.extend(f.keys())
     original = is_original_state_dict(dict.fromkeys(keys))
+    if original and config.family != "hunyuanvideo":
+        raise ValueError(f"{_folder(path)} holds original Tencent keys (double_blocks.*, ...); for "
+                         f"{config.family!r} only diffusers-format folders load (convert it with diffusers first)")
     per_tensor = transform if not original else None
     where = _safetensors_device(device)
     state: dict[str, torch.Tensor] = {}

@@ -1,11 +1,13 @@
-"""DiT: the HunyuanVideo transformer, weight-compatible with diffusers' HunyuanVideoTransformer3DModel.
+"""DiT: the HunyuanVideo transformer, weight-compatible with diffusers' HunyuanVideoTransformer3DModel
+and (config `family="hunyuanvideo15"`) HunyuanVideo15Transformer3DModel.
 
 Data flow (B batch, N video tokens, L text tokens, S = N + L, D model width):
 
     video [B, C, T, H, W] --patchify--> img [B, N, D]
     text [B, L, Dt] --token refiner--> txt [B, L, D]          timestep/guidance/pooled --> temb [B, D]
+      1.5: txt = [image tokens | glyph tokens | text], per sample (hv15.py); temb from the timestep(s)
     dual-stream blocks:   (img, txt) -> (img, txt), joint attention over [img | txt]
-    single-stream blocks: x = [img | txt] -> x
+    single-stream blocks: x = [img | txt] -> x   (1.0 only)
     final adaLN + linear on the video tokens --unpatchify--> [B, C_out, T, H, W]
 
 Padded text: diffusers only ever masks padded text as attention *keys*, and video outputs never
@@ -22,6 +24,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from omnidit.dit import hv15
 from omnidit.dit.attention import AttentionBackend, JointAttentionFn, JointLayout, get_backend, joint_attention
 from omnidit.dit.blocks import (
     DualStreamBlock,
@@ -33,7 +36,7 @@ from omnidit.dit.blocks import (
     TokenRefiner,
 )
 from omnidit.dit.cache import RowReduce, StepCache
-from omnidit.dit.config import DiTConfig
+from omnidit.dit.config import HV15, DiTConfig
 from omnidit.dit.embeddings import (
     ConditionEmbedding,
     PatchEmbed,
@@ -55,7 +58,7 @@ class Embedded(NamedTuple):
 
 
 class DiT(nn.Module):
-    """The HunyuanVideo transformer; `forward` maps noisy latents + text to the flow prediction."""
+    """The HunyuanVideo (1.0 or 1.5) transformer; `forward` maps noisy latents + text to the flow prediction."""
 
     def __init__(self, config: DiTConfig, *, attention_backend: str | None = None):
         super().__init__()
@@ -63,8 +66,15 @@ class DiT(nn.Module):
         D, heads, c = config.inner_dim, config.num_attention_heads, config
         self.patch = (c.patch_size_t, c.patch_size, c.patch_size)
         self.x_embedder = PatchEmbed(self.patch, c.in_channels, D)
-        self.context_embedder = TokenRefiner(c.text_embed_dim, D, heads, c.num_refiner_layers)
-        self.time_text_embed = ConditionEmbedding(D, c.pooled_projection_dim, c.guidance_embeds)
+        self.context_embedder = TokenRefiner(c.text_embed_dim, D, heads, c.num_refiner_layers,
+                                             first_key=c.family != HV15)
+        if c.family == HV15:  # diffusers' names, so its state dicts load as they are
+            self.image_embedder = hv15.ImageProjection(c.image_embed_dim, D)
+            self.context_embedder_2 = hv15.GlyphProjection(c.text_embed_2_dim, D)
+            self.time_embed = hv15.TimeEmbedding(D, c.use_meanflow)
+            self.cond_type_embed = nn.Embedding(3, D)  # rows: text, glyph, image (hv15.TEXT, GLYPH, IMAGE)
+        else:
+            self.time_text_embed = ConditionEmbedding(D, c.pooled_projection_dim, c.guidance_embeds)
         self.transformer_blocks = nn.ModuleList([DualStreamBlock(D, heads, c.mlp_ratio) for _ in range(c.num_layers)])
         self.single_transformer_blocks = nn.ModuleList(
             [SingleStreamBlock(D, heads, c.mlp_ratio) for _ in range(c.num_single_layers)]
@@ -78,6 +88,7 @@ class DiT(nn.Module):
 
     # --- attention hook --------------------------------------------------------------------------
 
+    @torch.compiler.disable  # outside compiled blocks: collectives, per-sample lengths (dit/compile.py)
     def joint_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: JointLayout) -> torch.Tensor:
         """Every joint (video + text) attention goes through here: `[B, S, H, Dh]` x3 -> `[B, S, H, Dh]`."""
         if self._joint_attention_fn is not None:
@@ -131,8 +142,9 @@ class DiT(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
         for emb in self.modules():
-            if isinstance(emb, ConditionEmbedding):
-                for mlp in (emb.timestep_embedder, emb.guidance_embedder):
+            if isinstance(emb, (ConditionEmbedding, hv15.TimeEmbedding)):
+                for mlp in (emb.timestep_embedder, getattr(emb, "guidance_embedder", None),
+                            getattr(emb, "timestep_embedder_r", None)):
                     if mlp is not None:
                         nn.init.normal_(mlp.linear_1.weight, std=0.02)
                         nn.init.normal_(mlp.linear_2.weight, std=0.02)
@@ -151,9 +163,13 @@ class DiT(nn.Module):
         timestep: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor,
-        pooled_projections: torch.Tensor,
+        pooled_projections: torch.Tensor | None = None,
         guidance: torch.Tensor | None = None,
         *,
+        encoder_hidden_states_2: torch.Tensor | None = None,
+        encoder_attention_mask_2: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        timestep_r: torch.Tensor | None = None,
         cache: StepCache | None = None,
     ) -> torch.Tensor:
         """`[B, C, T, H, W]` latents -> `[B, C_out, T, H, W]` prediction (see module docstring).
@@ -161,9 +177,15 @@ class DiT(nn.Module):
         Three stages, so sequence parallelism (omnidit/parallel) can split the video tokens after
         `embed` and gather them after `project_out` without re-implementing either. `cache`: a
         step-cache policy (cache.py) of the current generation, consulted by the block loop.
+        HunyuanVideo-1.5 takes no `pooled_projections`/`guidance` but HunyuanVideo15Transformer3DModel's
+        keywords: ByT5 glyph tokens `encoder_hidden_states_2 [B, L2, D2]` with `encoder_attention_mask_2
+        [B, L2]`, SigLIP `image_embeds [B, Ni, Di]` (all zero or None: text-to-video) and MeanFlow's
+        `timestep_r [B]`.
         """
         e = self.embed(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, pooled_projections,
-                       guidance)
+                       guidance, encoder_hidden_states_2=encoder_hidden_states_2,
+                       encoder_attention_mask_2=encoder_attention_mask_2, image_embeds=image_embeds,
+                       timestep_r=timestep_r)
         img = self.run_blocks(e.img, e.txt, e.temb, e.rope, e.layout, cache=cache)  # [B, N, D]
         out = self.project_out(img, e.temb)  # [B, N, C_out * pt * ph * pw]
         return unpatchify(out, e.grid, self.patch)  # [B, C_out, T, H, W]
@@ -174,20 +196,34 @@ class DiT(nn.Module):
         timestep: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor,
-        pooled_projections: torch.Tensor,
+        pooled_projections: torch.Tensor | None = None,
         guidance: torch.Tensor | None = None,
+        *,
+        encoder_hidden_states_2: torch.Tensor | None = None,
+        encoder_attention_mask_2: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        timestep_r: torch.Tensor | None = None,
     ) -> Embedded:
         """Inputs of `forward` -> token sequences, conditioning, RoPE table and joint layout."""
         grid = self._check_inputs(hidden_states, encoder_hidden_states, encoder_attention_mask, pooled_projections)
-        B = hidden_states.shape[0]
-        timestep = timestep.reshape(-1).expand(B) if timestep.numel() == 1 else timestep  # [B]
-        if guidance is not None:
-            guidance = guidance.reshape(-1).expand(B) if guidance.numel() == 1 else guidance  # [B]
+        B, c = hidden_states.shape[0], self.config
+        timestep, guidance, timestep_r = (_per_sample(t, B) for t in (timestep, guidance, timestep_r))  # [B]
         text, mask, lengths, padded = _trim_text(encoder_hidden_states, encoder_attention_mask)
-
-        temb = self.time_text_embed(timestep, pooled_projections, guidance)  # [B, D]
-        img = self.x_embedder(hidden_states)  # [B, N, D]
         txt = self.context_embedder(text, timestep, mask, padded)  # [B, L, D]
+        if c.family == HV15:
+            hv15.check_inputs(c, hidden_states, text, mask, pooled_projections, guidance, encoder_hidden_states_2,
+                              encoder_attention_mask_2, image_embeds)
+            temb = self.time_embed(timestep, timestep_r)  # [B, D]
+            txt, lengths = hv15.joint_text(self, txt, mask, encoder_hidden_states_2, encoder_attention_mask_2,
+                                           image_embeds)  # [B, L', D]: [image | glyph | text] per sample
+        else:
+            extra = {"encoder_hidden_states_2": encoder_hidden_states_2, "encoder_attention_mask_2":
+                     encoder_attention_mask_2, "image_embeds": image_embeds, "timestep_r": timestep_r}
+            given = sorted(k for k, v in extra.items() if v is not None)
+            if given:
+                raise ValueError(f"{given}: HunyuanVideo-1.5 inputs; this DiT is family {c.family!r}")
+            temb = self.time_text_embed(timestep, pooled_projections, guidance)  # [B, D]
+        img = self.x_embedder(hidden_states)  # [B, N, D]
         max_text = int(lengths.max())
         txt = txt[:, :max_text]  # [B, L', D]; tokens past every sample's length are never attended
         layout = JointLayout(n_img=img.shape[1], text_lengths=lengths, max_text=max_text)
@@ -267,9 +303,10 @@ class DiT(nn.Module):
             raise ValueError(f"encoder_hidden_states must be [{B}, L, {c.text_embed_dim}], got {tuple(text.shape)}")
         if tuple(mask.shape) != tuple(text.shape[:2]):
             raise ValueError(f"encoder_attention_mask must be {tuple(text.shape[:2])}, got {tuple(mask.shape)}")
-        if tuple(pooled.shape) != (B, c.pooled_projection_dim):
+        if c.family != HV15 and (pooled is None or tuple(pooled.shape) != (B, c.pooled_projection_dim)):
             raise ValueError(
-                f"pooled_projections must be [{B}, {c.pooled_projection_dim}], got {tuple(pooled.shape)}"
+                f"pooled_projections must be [{B}, {c.pooled_projection_dim}], got "
+                f"{None if pooled is None else tuple(pooled.shape)}"
             )
         return T // pt, H // p, W // p
 
@@ -285,7 +322,8 @@ class DiT(nn.Module):
         attention_backend: str | None = None,
         weights: str | None = None,
     ) -> DiT:
-        """Load a diffusers-format transformer folder (config.json + safetensors, sharded or not).
+        """Load a diffusers-format transformer folder (config.json + safetensors, sharded or not) of
+        HunyuanVideoTransformer3DModel or (by config `_class_name`) HunyuanVideo15Transformer3DModel.
 
         The model is built on the meta device and every tensor is read straight onto `device` in
         `dtype` (None keeps the stored dtype), so no full-precision host copy is ever made.
@@ -326,6 +364,11 @@ class DiT(nn.Module):
         from omnidit.dit.checkpoint import save_folder
 
         save_folder(path, self.config, self.state_dict(), max_shard_size=max_shard_size)
+
+
+def _per_sample(t: torch.Tensor | None, B: int) -> torch.Tensor | None:
+    """A scalar or `[B]` per-sample value (timestep, guidance) -> `[B]`; None stays None."""
+    return t.reshape(-1).expand(B) if t is not None and t.numel() == 1 else t
 
 
 def _trim_text(

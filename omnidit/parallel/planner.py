@@ -62,6 +62,16 @@ class Workload:
         return cls(heads=24, head_dim=128, video_tokens=n, text_tokens=text_tokens, dual_blocks=20,
                    single_blocks=40, out_per_token=16 * 4, true_cfg=true_cfg)
 
+    @classmethod
+    def hunyuan_video_15(cls, *, height: int = 720, width: int = 1280, frames: int = 121, text_tokens: int = 256,
+                         true_cfg: bool = True) -> Workload:
+        """HunyuanVideo-1.5: 16 heads x 128, 54 dual blocks, no single; VAE 16x spatial, 4x temporal; patch 1;
+        32 output channels; real CFG (two branches per step) unless a CFG-distilled variant."""
+        latent_frames = (frames - 1) // 4 + 1
+        n = latent_frames * (height // 16) * (width // 16)
+        return cls(heads=16, head_dim=128, video_tokens=n, text_tokens=text_tokens, dual_blocks=54,
+                   single_blocks=0, out_per_token=32, true_cfg=true_cfg)
+
 
 @dataclass(frozen=True)
 class Hardware:

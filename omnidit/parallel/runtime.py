@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from omnidit.dit.cache import RowReduce
@@ -49,9 +51,11 @@ class ParallelRuntime:
             dit.set_joint_attention(SequenceParallelAttention(self.state, lambda: dit.attention_backend))
 
     def forward(self, dit, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
-                pooled_projections, guidance=None, *, cache=None) -> torch.Tensor:
+                pooled_projections=None, guidance=None, *, cache=None, **conditions) -> torch.Tensor:
         """Same arguments and result as `dit(...)`; every rank passes the same inputs, gets the same output.
 
+        `conditions`: the DiT's keyword inputs of HunyuanVideo-1.5 (`encoder_hidden_states_2`,
+        `encoder_attention_mask_2`, `image_embeds`, `timestep_r`), split by the CFG axis like the rest.
         `cache` (omnidit/dit/cache.py) sees a `ParallelReduce`: its skip metric is summed over the
         sp ranks and gathered over the CFG ranks, so every rank skips the same steps."""
         args = (hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, pooled_projections, guidance)
@@ -61,16 +65,17 @@ class ParallelRuntime:
         cfg = self.state.cfg
         B = hidden_states.shape[0]
         if cfg.world_size == 1 or B % cfg.world_size:  # nothing to split (e.g. no CFG, batch 1): replicate
-            return self._sp_forward(dit, *args, cache=cache, split=False)
+            return self._sp_forward(dit, *args, cache=cache, split=False, **conditions)
         part = B // cfg.world_size
         mine = [_batch_slice(a, B, cfg.rank * part, part) for a in args]
-        out = self._sp_forward(dit, *mine, cache=cache, split=True)  # [B / c, C_out, T, H, W]
+        conditions = {k: _batch_slice(v, B, cfg.rank * part, part) for k, v in conditions.items()}
+        out = self._sp_forward(dit, *mine, cache=cache, split=True, **conditions)  # [B / c, C_out, T, H, W]
         return all_gather(out, cfg).flatten(0, 1)  # [B, C_out, T, H, W]: the one CFG gather of the step
 
     def _sp_forward(self, dit, hidden_states, timestep, text, mask, pooled, guidance, *, cache=None,
-                    split: bool = False):
+                    split: bool = False, **conditions):
         sp = self.state.sp
-        e = dit.embed(hidden_states, timestep, text, mask, pooled, guidance)
+        e = dit.embed(hidden_states, timestep, text, mask, pooled, guidance, **conditions)
         if sp.world_size == 1:
             reduce = ParallelReduce(self.state, split, hidden_states.shape[0], None) if cache is not None else None
             img = dit.run_blocks(e.img, e.txt, e.temb, e.rope, e.layout, cache=cache, reduce=reduce)  # [B, N, D]
@@ -91,18 +96,25 @@ class ParallelRuntime:
     # ---- agreement between ranks ---------------------------------------------------------
 
     def encode_text(self, encoder, prompts: list[str], device: torch.device):
-        """Encode on rank 0 and broadcast (the other ranks never run the text encoder)."""
+        """Encode on rank 0 and broadcast every tensor of its TextEmbeddings (a second encoder's glyph
+        tokens too, where the family has them); the other ranks never run the text encoder."""
         from omnidit.tokenizers import TextEmbeddings
 
         world = self.state.world
+        names = [f.name for f in dataclasses.fields(TextEmbeddings)]
         emb = encoder.encode(prompts, device=device) if world.rank == 0 else None
         meta = None
         if emb is not None:
-            meta = [(tuple(t.shape), t.dtype) for t in (emb.hidden_states, emb.attention_mask, emb.pooled)]
+            meta = {n: (tuple(t.shape), t.dtype) for n in names if (t := getattr(emb, n)) is not None}
         meta = broadcast_object(meta, world, device=self._object_device())
-        mine = (emb.hidden_states, emb.attention_mask, emb.pooled) if emb is not None else (None, None, None)
-        got = [broadcast_tensor(t, world, shape=s, dtype=d, device=self.device) for t, (s, d) in zip(mine, meta)]
-        return TextEmbeddings(*(t.to(device) for t in got))
+        got = {}
+        for n, (shape, dtype) in meta.items():
+            if 0 in shape:  # e.g. the [B, 0] pooled text of a family without one: nothing to send
+                got[n] = torch.empty(shape, dtype=dtype, device=device)
+                continue
+            mine = getattr(emb, n) if emb is not None else None
+            got[n] = broadcast_tensor(mine, world, shape=shape, dtype=dtype, device=self.device).to(device)
+        return TextEmbeddings(**got)
 
     def broadcast_object(self, obj):
         """Rank 0's value of a small picklable object, on every rank (e.g. the seeds)."""

@@ -117,12 +117,6 @@ class HunyuanVideo15Pipeline(Pipeline):
         pipe.offload = offload
         return pipe
 
-    def set_parallel(self, parallel) -> None:
-        if parallel is not None:
-            # ParallelRuntime broadcasts and splits the 1.0 text tuple and forward signature only.
-            raise NotImplementedError("sequence/CFG parallelism is not wired for HunyuanVideo-1.5 folders yet")
-        super().set_parallel(None)
-
     # ---- the start image ------------------------------------------------------------------
 
     @property

@@ -80,6 +80,23 @@ def test_text_encoder_matches_diffusers_encode_prompt(t2v_dir):
     assert got.attention_mask_2[0].sum() > 0 and got.attention_mask_2[1:].sum() == 0  # glyphs of row 0 only
 
 
+def test_cfg_batches_both_token_streams():
+    """cond | uncond text with a second (glyph) stream: each stream padded to its longer length, mask 0."""
+    from omnidit.sampling import cat_text
+
+    def text(n, l1, l2):
+        return (torch.randn(n, l1, 4), torch.ones(n, l1, dtype=torch.long), torch.zeros(n, 0),
+                torch.randn(n, l2, 3), torch.ones(n, l2, dtype=torch.long))
+
+    a, b = text(2, 5, 7), text(2, 6, 3)
+    got = cat_text(a, b)
+    assert [tuple(t.shape) for t in got] == [(4, 6, 4), (4, 6), (4, 0), (4, 7, 3), (4, 7)]
+    assert torch.equal(got[3][:2], a[3]) and torch.equal(got[3][2:, :3], b[3]) and got[3][2:, 3:].abs().sum() == 0
+    assert got[4][:2].all() and got[4][2:, :3].all() and not got[4][2:, 3:].any()
+    with pytest.raises(ValueError):
+        cat_text(a, a[:3])
+
+
 def test_size_buckets_match_diffusers():
     from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
 
@@ -120,10 +137,12 @@ def test_image_condition_matches_diffusers(i2v_dir, start_image):
     assert np.array_equal(np.asarray(fitted), np.asarray(theirs))
     assert torch.equal(image_to_video(fitted), pipe.video_processor.preprocess(theirs, height=h, width=w)[:, :, None])
     vae = VideoVAE.from_pretrained(i2v_dir / "vae")
-    ref_latent = pipe._get_image_latents(pipe.vae, pipe.video_processor, theirs, h, w, torch.device("cpu"))
-    assert_rel_close(vae.encode(image_to_video(fitted)), ref_latent)
     enc = SiglipImageEncoder.from_pipeline_dir(i2v_dir)
-    assert_rel_close(enc.encode(fitted), pipe.encode_image(theirs, 1, torch.device("cpu"), torch.float32))
+    with torch.no_grad():
+        ref_latent = pipe._get_image_latents(pipe.vae, pipe.video_processor, theirs, h, w, torch.device("cpu"))
+        ref_embeds = pipe.encode_image(theirs, 1, torch.device("cpu"), torch.float32)
+    assert_rel_close(vae.encode(image_to_video(fitted)), ref_latent)
+    assert_rel_close(enc.encode(fitted), ref_embeds)
 
 
 def test_load_image_accepts_pil_array_path_and_names_the_field(tmp_path, start_image):
@@ -139,3 +158,60 @@ def test_load_image_accepts_pil_array_path_and_names_the_field(tmp_path, start_i
         with pytest.raises(RequestError) as e:
             load_image(bad)
         assert e.value.field == "image"
+
+
+# ---- the whole pipeline: frames ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def t2v_pipe(t2v_dir):
+    from omnidit import Pipeline
+
+    return Pipeline.from_pretrained(t2v_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def i2v_pipe(i2v_dir):
+    from omnidit import Pipeline
+
+    return Pipeline.from_pretrained(i2v_dir, device="cpu")
+
+
+def _pil_frames(frames) -> np.ndarray:
+    return np.stack([np.asarray(im) for im in frames])
+
+
+def test_t2v_frames_match_diffusers(t2v_dir, t2v_pipe):
+    """Glyph text (ByT5) and a negative prompt under the folder's own CFG scale 6 and shift 5."""
+    ref = _diffusers(t2v_dir, "t2v")(
+        GLYPH_PROMPT, negative_prompt="a blue dog", height=32, width=48, num_frames=5, num_inference_steps=3,
+        generator=torch.Generator().manual_seed(0), output_type="pil").frames[0]
+    gen = t2v_pipe.generate(GLYPH_PROMPT, negative_prompt="a blue dog", frames=5, height=32, width=48, steps=3,
+                            seed=0)
+    ref = _pil_frames(ref)
+    assert gen.frames.shape == ref.shape == (5, 32, 48, 3) and ref.std() > 5  # a real picture
+    assert gen.info["guidance"] == 6.0
+    assert_frames_close(gen.frames, ref)
+
+
+def test_i2v_frames_match_diffusers(i2v_dir, i2v_pipe, start_image):
+    """The start image's latent + mask channels, its SigLIP tokens, MeanFlow's timestep_r; the size
+    is the image's bucket, as diffusers chooses it."""
+    ref = _diffusers(i2v_dir, "i2v")(
+        image=start_image, prompt=GLYPH_PROMPT, negative_prompt="a blue dog", num_frames=5, num_inference_steps=3,
+        generator=torch.Generator().manual_seed(0), output_type="pil").frames[0]
+    gen = i2v_pipe.generate(GLYPH_PROMPT, negative_prompt="a blue dog", frames=5, steps=3, seed=0, image=start_image)
+    ref = _pil_frames(ref)
+    assert gen.frames.shape == ref.shape == (5, 32, 48, 3) and ref.std() > 5
+    assert_frames_close(gen.frames, ref)
+
+
+def test_image_argument_is_checked(t2v_pipe, i2v_pipe, start_image):
+    assert i2v_pipe.takes_image and not t2v_pipe.takes_image
+    for pipe, image in ((t2v_pipe, start_image), (i2v_pipe, None), (i2v_pipe, "no/such/file.png")):
+        with pytest.raises(RequestError) as e:
+            pipe.generate("a red cat", frames=1, steps=1, seed=0, image=image)
+        assert e.value.field == "image"
+    # A size of one's own: the image is fitted (scaled to cover, centre-cropped) to it.
+    assert i2v_pipe.generate("a red cat", frames=1, height=48, width=32, steps=1, seed=0,
+                             image=start_image).frames.shape == (1, 48, 32, 3)

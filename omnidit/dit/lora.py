@@ -56,11 +56,14 @@ class LoRAAdapter(nn.Module):
         """`[out, in]` fp32: the weight this adapter adds at its current scale."""
         return (self.up.float() @ self.down.float()) * self.scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def add_to(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """out `[T, out]` + scale * up(down(x `[T, in]`)), the add fused into the up matmul (in place
+        without autograd: each adapter then writes the output once instead of allocating and adding)."""
         down, up = self.down, self.up
         if down.dtype != x.dtype:
             down, up = down.to(x.dtype), up.to(x.dtype)
-        return F.linear(F.linear(x, down), up) * self.scale.to(x.dtype)  # [..., out]
+        h = F.linear(x, down) * self.scale.to(x.dtype)  # [T, r]
+        return out.addmm_(h, up.t()) if not torch.is_grad_enabled() else torch.addmm(out, h, up.t())
 
 
 def _compute_dtype(base: nn.Module) -> torch.dtype:
@@ -93,9 +96,12 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)  # [..., out]
+        if not self.active:
+            return y
+        out, flat = y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1])  # [T, out], [T, in]
         for name in self.active:
-            y = y + self.adapters[name](x)
-        return y
+            out = self.adapters[name].add_to(out, flat)
+        return out.view(y.shape)
 
     # The wrapper is invisible to state dicts: keys are the base's own, at the wrapper's prefix.
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):

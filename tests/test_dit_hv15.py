@@ -214,3 +214,13 @@ def test_fp8_load_of_a_15_folder(tmp_path):
     inputs = make_inputs(q.config, (2, 3, 3), [3, 5], 5, [2, 4], 4, image=True)
     got, want = run_both(ref, q, inputs)
     assert 1e-6 < rel_err(got, want) < 0.1  # quantised, yet close
+
+
+def test_bfloat16_close_to_diffusers():
+    ref, ours = pair("i2v", seed=7, use_meanflow=True)
+    ref, ours = ref.to(torch.bfloat16), ours.to(torch.bfloat16)
+    inputs = make_inputs(ours.config, (2, 3, 5), [3, 6], 6, [2, 4], 4, image=True, meanflow=True)
+    inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
+    got, want = run_both(ref, ours, inputs)
+    assert got.dtype == torch.bfloat16
+    assert rel_err(got, want) <= 2e-2

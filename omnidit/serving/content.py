@@ -1,7 +1,8 @@
 """The service's content safety glue (omnidit/safety does the work): the moderator of each side,
 the AIGC label and the visible label of each output, and the prompt kept in a finished job's record.
 
-- The ingress checks prompts (`moderator(settings, "prompt")`) before anything is queued or stored.
+- The ingress checks prompts and image inputs (`moderator(settings, "prompt")`: the prompt and input
+  stages) before anything is queued or stored.
 - A generator replica checks outputs (`moderator(settings, "output")`) after decoding, before
   anything is encoded, returned or written; then it draws the visible label (if configured) and
   encodes with the implicit label.
@@ -33,11 +34,13 @@ def audit_path(settings) -> Path:
 
 
 def moderator(settings, stage: str) -> Moderator | None:
-    """The policy's checks for one stage ("prompt" or "output"), or None without `--moderation`."""
+    """The policy's checks of one side, or None without `--moderation`: "prompt" is the ingress's, before
+    any work (prompts, and image inputs by the image classifier, loaded on the first one); "output" a
+    replica's, after decoding."""
     if settings.moderation is None:
         return None
     return Moderator(load_policy(settings.moderation), audit=AuditLog(audit_path(settings), prompt_key(settings)),
-                     stages=(stage,))
+                     stages=("prompt", "input") if stage == "prompt" else (stage,))
 
 
 def blocked_error(e: ContentBlocked) -> ApiError:

@@ -130,9 +130,19 @@ class HunyuanVideo15Pipeline(Pipeline):
         if not self.takes_image:
             return super().check_image(image)
         if image is None:
-            raise RequestError("image", f"model {self.name!r} is image-to-video: pass a start image "
-                                        "(a PIL image, an array [H, W, 3] or a path)")
+            raise self._no_image()
         return load_image(image)
+
+    def check(self, *, image=None, **kwargs):
+        """As Pipeline.check; an image-to-video model also refuses a request without its start image
+        (the CLI and the service validate through here before any work)."""
+        if self.takes_image and image is None:
+            raise self._no_image()
+        return super().check(image=image, **kwargs)
+
+    def _no_image(self) -> RequestError:
+        return RequestError("image", f"model {self.name!r} is image-to-video: pass a start image "
+                                     "(a PIL image, an array [H, W, 3] or a path; --image on the CLI)")
 
     def default_size(self, image=None) -> tuple[int, int]:
         if image is None:

@@ -212,6 +212,10 @@ def test_image_argument_is_checked(t2v_pipe, i2v_pipe, start_image):
         with pytest.raises(RequestError) as e:
             pipe.generate("a red cat", frames=1, steps=1, seed=0, image=image)
         assert e.value.field == "image"
+    with pytest.raises(RequestError, match="image-to-video") as e:  # validation alone (CLI, service) refuses too
+        i2v_pipe.check(frames=5)
+    assert e.value.field == "image"
+    assert (i2v_pipe.check(frames=5, image=start_image).height, t2v_pipe.check(frames=5).width) == (32, 48)
     # A size of one's own: the image is fitted (scaled to cover, centre-cropped) to it.
     assert i2v_pipe.generate("a red cat", frames=1, height=48, width=32, steps=1, seed=0,
                              image=start_image).frames.shape == (1, 48, 32, 3)

@@ -6,8 +6,9 @@ turned off on purpose):
 - `positive_data_acceptance`: the schema accepts, as OpenAI's API does, fields this service refuses
   by design with a 422 naming them (`background: transparent`, `frame_count`, `svg`, `output_format:
   gif`, `input_reference`), and rules across fields that JSON Schema here does not state (`frames`
-  with `seconds`, `stream` with `n` > 1, seconds * fps within the model's frames). Each of those
-  422s is asserted in test_serving_api.py / test_serving_openai_shapes.py instead.
+  with `seconds`, `stream` with `n` > 1, seconds * fps within the model's frames, and, as two models
+  are served, a size or frame count of their union that only the other model allows). Each of those
+  422s is asserted in test_serving_api.py / test_serving_openai_shapes.py / test_serving_models.py.
 - `use_after_free`, `ensure_resource_availability`: stateful checks that need links between
   operations, which this document does not declare.
 """
@@ -36,14 +37,19 @@ CASES_PER_OPERATION = 30  # x 11 operations: a few hundred cases
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    model = make_tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
+    root = tmp_path_factory.mktemp("model")
+    # Two models, the second with other defaults and limits (no larger images: each case stays quick); the
+    # document enumerates both (model, the union of their sizes and frames).
+    models = [make_tiny_model_dir(root / "tiny"),
+              make_tiny_model_dir(root / "tiny-short", sampling={"width": 48, "max_frames": 9})]
     # Small caps so any accepted request is quick: at most 2 images at 3 steps; jobs stay queued.
-    s = ServeSettings(model=str(model), data_dir=str(tmp_path_factory.mktemp("data")), device="cpu", max_images=2,
-                      max_batch_images=2, max_steps=3, max_queued_jobs=8, run_jobs=False)
-    engine = GeneratorEngine(s)
-    service = Service(s, LocalGeneratorClient(engine), start_sweeper=False)
+    s = ServeSettings(model=[str(m) for m in models], data_dir=str(tmp_path_factory.mktemp("data")), device="cpu",
+                      max_images=2, max_batch_images=2, max_steps=3, max_queued_jobs=8, run_jobs=False)
+    engines = [GeneratorEngine(s.for_model(m)) for m in s.models]
+    service = Service(s, [LocalGeneratorClient(e) for e in engines], start_sweeper=False)
     yield create_app(service)
-    engine.close()
+    for e in engines:
+        e.close()
     service.close()
 
 

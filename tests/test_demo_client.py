@@ -177,6 +177,28 @@ def test_demo_video_progress_then_player(demo, tmp_path):
     assert "video" in gallery[0]
 
 
+def test_demo_advanced_cache_choice_is_sent_as_cache(demo, fake):
+    from omnidit.demo.app import CACHE_DEFAULT, _cache
+
+    app = fake[1]
+    assert _cache(CACHE_DEFAULT, 0.3) is None and _cache("none", 0.3) == "none"
+    assert _cache("fbcache", None) == _cache("fbcache", 0) == "fbcache" and _cache("magcache", 0.12) == "magcache:0.12"
+    # (prompt, size, steps, seed, guidance, negative, model, lora, lora scale, cache, cache threshold)
+    _, _, err = demo.predict("a red circle", "32x32", 0, 7, 0, "", None, "none", 1.0, "teacache", 0.3,
+                             api_name="/generate_image")
+    assert err == "" and app.state.requests[-1][2]["cache"] == "teacache:0.3"
+    demo.predict("a red circle", "32x32", 0, 7, 0, "", None, "none", 1.0, CACHE_DEFAULT, None,
+                 api_name="/generate_image")
+    assert "cache" not in app.state.requests[-1][2]  # the model's own default: no field
+    progress_html, _, _, err = demo.submit("a blue square, moving right", "32x32", 5, 0, 0, 0, "", None, "none",
+                                           1.0, "fbcache", None, api_name="/generate_video").result(timeout=30)
+    assert err == "" and 'data-status="completed"' in progress_html
+    assert app.state.requests[-1][2]["cache"] == "fbcache"
+    with OmniClient(fake[0]) as c:
+        c.create_video("a red circle", size="32x32", frames=5, cache="none")
+    assert app.state.requests[-1][2]["cache"] == "none"
+
+
 def test_demo_stop_cancels_the_job(demo):
     job = demo.submit("a red circle forever", "32x32", 5, 0, 0, 0, "", api_name="/generate_video")
     deadline = time.monotonic() + 20

@@ -111,6 +111,20 @@ def _lora(name, scale) -> dict[str, float] | None:
     return None if not name or name == NO_LORA else {str(name): float(1.0 if scale is None else scale)}
 
 
+CACHE_DEFAULT = "model default"  # send no `cache`: the model folder's own setting applies
+CACHE_CHOICES = (CACHE_DEFAULT, "none", "fbcache", "teacache", "magcache")
+
+
+def _cache(policy, threshold) -> str | None:
+    """The Advanced step-cache choice as a request's `cache` SPEC (None: the model's default);
+    an empty or non-positive threshold means the policy's default threshold."""
+    if not policy or policy == CACHE_DEFAULT:
+        return None
+    if policy == "none" or threshold is None or threshold == "" or float(threshold) <= 0:
+        return str(policy)
+    return f"{policy}:{float(threshold):g}"
+
+
 class DemoHandlers:
     """The demo's event handlers, bound to one service. Results are written under `out_dir`."""
 
@@ -189,7 +203,7 @@ class DemoHandlers:
     # -- image ------------------------------------------------------------------------------
 
     def generate_image(self, prompt, size, steps, seed, guidance, negative_prompt, recent, model=None, lora=None,
-                       lora_scale=1.0):
+                       lora_scale=1.0, cache=None, cache_threshold=None):
         """-> (image path | None, recent, gallery, error markdown); `model`: the picker's (None: the default);
         `lora`, `lora_scale`: the adapter picker's (None or "none": no adapter)"""
         try:
@@ -197,7 +211,7 @@ class DemoHandlers:
             pngs = self.client.generate_images(
                 prompt, size=size, n=1, seed=_opt_int(seed, none_below=0), steps=_opt_int(steps, none_below=1),
                 guidance=_opt_float(guidance), negative_prompt=(negative_prompt or "").strip() or None,
-                model=model or None, lora=_lora(lora, lora_scale))
+                model=model or None, lora=_lora(lora, lora_scale), cache=_cache(cache, cache_threshold))
             if not pngs:
                 raise ApiError("the service returned no image")
         except (ApiError, ValueError) as e:
@@ -212,7 +226,7 @@ class DemoHandlers:
     # -- video ------------------------------------------------------------------------------
 
     def run_video(self, prompt, size, frames, steps, seed, guidance, negative_prompt, recent, model=None, lora=None,
-                  lora_scale=1.0):
+                  lora_scale=1.0, cache=None, cache_threshold=None):
         """Generator: create a job, poll it, fetch the MP4.
 
         Yields (job id, progress html, video path | None, recent, gallery, error markdown). The job
@@ -224,7 +238,7 @@ class DemoHandlers:
                 prompt, size=size, frames=_opt_int(frames, none_below=1), seed=_opt_int(seed, none_below=0),
                 steps=_opt_int(steps, none_below=1), guidance=_opt_float(guidance),
                 negative_prompt=(negative_prompt or "").strip() or None, model=model or None,
-                lora=_lora(lora, lora_scale))
+                lora=_lora(lora, lora_scale), cache=_cache(cache, cache_threshold))
         except (ApiError, ValueError) as e:
             msg = getattr(e, "message", None) or str(e)
             gr.Warning(msg)
@@ -291,7 +305,13 @@ def _advanced(prefix: str, with_frames: bool):
                                  elem_id=f"{prefix}-guidance")
             seed = gr.Number(value=0, precision=0, label="Seed", info="-1 = random", elem_id=f"{prefix}-seed")
         negative = gr.Textbox(label="Negative prompt", lines=1, elem_id=f"{prefix}-negative")
-    return frames, steps, seed, guidance, negative
+        with gr.Row():
+            cache = gr.Dropdown(list(CACHE_CHOICES), value=CACHE_DEFAULT, label="Step cache",
+                                info="skip steps whose blocks barely change (faster, close to the uncached output)",
+                                elem_id=f"{prefix}-cache")
+            cache_threshold = gr.Number(value=None, label="Cache threshold", info="empty = the policy's default",
+                                        elem_id=f"{prefix}-cache-threshold")
+    return frames, steps, seed, guidance, negative, cache, cache_threshold
 
 
 def build_app(cfg: DemoConfig, handlers: DemoHandlers | None = None) -> gr.Blocks:
@@ -315,7 +335,7 @@ def build_app(cfg: DemoConfig, handlers: DemoHandlers | None = None) -> gr.Block
                                           elem_id="image-prompt")
                     i_size = gr.Dropdown(SIZES, value=DEFAULT_SIZE, label="Size (WxH)", allow_custom_value=True,
                                          scale=1, elem_id="image-size")
-                _, i_steps, i_seed, i_guidance, i_negative = _advanced("image", with_frames=False)
+                _, i_steps, i_seed, i_guidance, i_negative, i_cache, i_cache_t = _advanced("image", with_frames=False)
                 i_go = gr.Button("Generate", variant="primary", elem_id="image-generate")
                 i_error = gr.Markdown(elem_id="image-error")
                 i_out = gr.Image(label="Result", type="filepath", interactive=False, height=320,
@@ -328,7 +348,8 @@ def build_app(cfg: DemoConfig, handlers: DemoHandlers | None = None) -> gr.Block
                                           elem_id="video-prompt")
                     v_size = gr.Dropdown(SIZES, value=DEFAULT_SIZE, label="Size (WxH)", allow_custom_value=True,
                                          scale=1, elem_id="video-size")
-                v_frames, v_steps, v_seed, v_guidance, v_negative = _advanced("video", with_frames=True)
+                v_frames, v_steps, v_seed, v_guidance, v_negative, v_cache, v_cache_t = _advanced("video",
+                                                                                                  with_frames=True)
                 with gr.Row():
                     v_go = gr.Button("Generate", variant="primary", elem_id="video-generate")
                     v_stop = gr.Button("Stop", variant="stop", elem_id="video-stop")
@@ -347,11 +368,12 @@ def build_app(cfg: DemoConfig, handlers: DemoHandlers | None = None) -> gr.Block
         demo.load(h.lora_choices, outputs=[lora, lora_scale], api_name="lora_choices")
         # The service queues and rate-limits; the demo does not serialize users behind one another.
         i_go.click(h.generate_image,
-                   [i_prompt, i_size, i_steps, i_seed, i_guidance, i_negative, recent, model, lora, lora_scale],
+                   [i_prompt, i_size, i_steps, i_seed, i_guidance, i_negative, recent, model, lora, lora_scale,
+                    i_cache, i_cache_t],
                    [i_out, recent, gallery, i_error], api_name="generate_image", concurrency_limit=None)
         v_go.click(h.run_video,
                    [v_prompt, v_size, v_frames, v_steps, v_seed, v_guidance, v_negative, recent, model, lora,
-                    lora_scale],
+                    lora_scale, v_cache, v_cache_t],
                    [job_id, v_progress, v_out, recent, gallery, v_error], api_name="generate_video",
                    concurrency_limit=None, show_progress="minimal")
         v_stop.click(h.stop_video, [job_id], [v_error], api_name="stop_video", concurrency_limit=None)

@@ -148,11 +148,13 @@ class OmniClient:
     def generate_images(self, prompt: str, *, size: str, n: int = 1, seed: int | None = None,
                         steps: int | None = None, guidance: float | None = None,
                         negative_prompt: str | None = None, model: str | None = None,
-                        lora: dict[str, float] | None = None) -> list[bytes]:
+                        lora: dict[str, float] | None = None, cache: str | None = None) -> list[bytes]:
         """POST /v1/images/generations with response_format b64_json; returns the PNG bytes of each image.
-        `model`: one of `models()` (None: the service's default); `lora`: {adapter: scale} of its card's loras."""
+        `model`: one of `models()` (None: the service's default); `lora`: {adapter: scale} of its card's loras;
+        `cache`: a step-cache SPEC ("none", "fbcache", "teacache", "magcache", optionally ":<threshold>")."""
         body = _drop_none(prompt=prompt, n=n, size=size, seed=seed, steps=steps, guidance=guidance,
-                          negative_prompt=negative_prompt, response_format="b64_json", model=model, lora=lora)
+                          negative_prompt=negative_prompt, response_format="b64_json", model=model, lora=lora,
+                          cache=cache)
         data = self._json("POST", "/v1/images/generations", json=body).get("data") or []
         try:
             return [base64.b64decode(item["b64_json"]) for item in data]
@@ -162,9 +164,9 @@ class OmniClient:
     def create_video(self, prompt: str, *, size: str, frames: int | None = None, fps: int | None = None,
                      seed: int | None = None, steps: int | None = None, guidance: float | None = None,
                      negative_prompt: str | None = None, model: str | None = None,
-                     lora: dict[str, float] | None = None) -> VideoJob:
+                     lora: dict[str, float] | None = None, cache: str | None = None) -> VideoJob:
         body = _drop_none(prompt=prompt, size=size, frames=frames, fps=fps, seed=seed, steps=steps,
-                          guidance=guidance, negative_prompt=negative_prompt, model=model, lora=lora)
+                          guidance=guidance, negative_prompt=negative_prompt, model=model, lora=lora, cache=cache)
         return VideoJob.from_json(self._json("POST", "/v1/videos", json=body))
 
     def get_video(self, job_id: str) -> VideoJob:

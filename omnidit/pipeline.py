@@ -250,6 +250,14 @@ class Pipeline:
     def available_loras(self) -> list[str]:
         return pipeline_lora.available(self)
 
+    def compile(self, backend: str = "inductor", **options) -> Pipeline:
+        """Regional `torch.compile`: each repeated DiT block compiled in place, the rest eager
+        (omnidit/dit/compile.py; `options`: mode, dynamic). The first generation of each shape compiles."""
+        from omnidit.dit.compile import compile_blocks
+
+        compile_blocks(self.dit, backend=backend, **options)
+        return self
+
     # ---- generation ----------------------------------------------------------------------
 
     def generate(

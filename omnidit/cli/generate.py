@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omnidit.cli.common import UserError, positive_int
+from omnidit.cli.compile_flags import add_compile_args
 from omnidit.cli.lora_flags import add_lora_args, load_loras, lora_specs
 from omnidit.cli.memory_flags import add_memory_args
 from omnidit.cli.parallel_flags import add_parallel_args, start_parallel
@@ -38,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sdpa, flash_attn or xformers (default: $OMNIDIT_ATTENTION_BACKEND, else the model's)")
     add_lora_args(p)
     add_memory_args(p)
+    add_compile_args(p)
     add_parallel_args(p)
     add_safety_args(p)
     p.set_defaults(func=run)
@@ -79,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
             if args.attention_backend is not None:
                 pipe.dit.set_attention_backend(args.attention_backend)
             loras = load_loras(pipe, args.lora)
+            if args.compile:
+                pipe.compile(args.compile)
             req = pipe.check(frames=args.frames, height=args.height, width=args.width, steps=args.steps,
                              guidance=args.guidance, negative_prompt=args.negative_prompt, cache=args.cache)
         except ValueError as e:

@@ -6,13 +6,21 @@ any model (render.py) and scored for prompt adherence (evaluate.py). world.py is
 that samples training scenes.
 """
 
-from omnidit.shapes.evaluate import ATTRIBUTES, detect, evaluate_many, score, score_prompt
+from omnidit.shapes.evaluate import (
+    ATTRIBUTES,
+    detect,
+    evaluate_many,
+    score,
+    score_prompt,
+)
 from omnidit.shapes.grammar import parse_prompt, prompt_for
 from omnidit.shapes.render import render, render_batch
 from omnidit.shapes.spec import (
+    ALL_SHAPES,
     BACKGROUNDS,
     COLOURS,
     MOTIONS,
+    NEW_SHAPES,
     POSITIONS,
     SHAPES,
     SIZES,
@@ -22,10 +30,12 @@ from omnidit.shapes.spec import (
 from omnidit.shapes.world import random_batch, sample_spec
 
 __all__ = [
+    "ALL_SHAPES",
     "ATTRIBUTES",
     "BACKGROUNDS",
     "COLOURS",
     "MOTIONS",
+    "NEW_SHAPES",
     "POSITIONS",
     "SHAPES",
     "SIZES",

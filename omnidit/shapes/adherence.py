@@ -13,24 +13,29 @@ import numpy as np
 VIDEO_FRAMES = 17
 
 
-def eval_prompts(n: int, *, seed: int, video: bool, exclude: set[str] | frozenset = frozenset()) -> list[str]:
-    """`n` canonical prompts from a seeded generator, skipping any in `exclude` (e.g. training prompts)."""
+def eval_prompts(n: int, *, seed: int, video: bool, exclude: set[str] | frozenset = frozenset(),
+                 word: str | None = None) -> list[str]:
+    """`n` canonical prompts from a seeded generator, skipping any in `exclude` (e.g. training prompts).
+    `word` (one of spec.NEW_SHAPES): single-object scenes of that shape, so a set's shape score is
+    the new word's adherence alone; None: the base grammar's scenes, as always."""
     from omnidit.shapes import prompt_for, sample_spec
 
     rng = np.random.default_rng(seed)
     out: list[str] = []
     while len(out) < n:
-        p = prompt_for(sample_spec(rng, video=video), paraphrase=False)
+        spec = sample_spec(rng, video=video, max_objects=1, word=word) if word else sample_spec(rng, video=video)
+        p = prompt_for(spec, paraphrase=False)
         if p not in exclude:
             out.append(p)
     return out
 
 
-def eval_sets(n: int, videos: int, seed: int) -> list[tuple[str, list[str], int]]:
+def eval_sets(n: int, videos: int, seed: int, word: str | None = None) -> list[tuple[str, list[str], int]]:
     """`omnidit eval`'s prompt sets: ("images", `n` prompts from `seed`, 1 frame) and ("videos",
-    `videos` prompts from `seed + 1`, VIDEO_FRAMES); a set with no prompts is left out."""
+    `videos` prompts from `seed + 1`, VIDEO_FRAMES); a set with no prompts is left out. `word`: see
+    eval_prompts."""
     sets = [("images", n, 1, seed), ("videos", videos, VIDEO_FRAMES, seed + 1)]
-    return [(kind, eval_prompts(count, seed=s, video=frames > 1), frames)
+    return [(kind, eval_prompts(count, seed=s, video=frames > 1, word=word), frames)
             for kind, count, frames, s in sets if count > 0]
 
 

@@ -9,8 +9,9 @@ Pipeline (pure numpy, no learned models):
 3. Blobs: 4-connected components of equal colour (label propagation with pointer jumping).
 4. Static attributes are read at the middle frame, where spec.py puts an object at its
    named position and nominal size. Shape: an apex-up triangle has a strongly skewed row
-   profile (skewness ~ -0.57, symmetric shapes 0); squares and circles differ in fill ratio,
-   soft area / (tallest column x widest row): 1.0 vs 0.785. Sums of soft coverage, not pixel
+   profile (skewness ~ -0.57, symmetric shapes 0); squares, circles and crosses (the LoRA's
+   new word, spec.NEW_SHAPES) differ in fill ratio, soft area / (tallest column x widest row):
+   1.0, 0.785 and 0.556. Sums of soft coverage, not pixel
    extents, keep both robust to blur, noise and dimmed colours. Size: the extent implied by
    area and shape, nearest canonical size. Position: the bounding-box centre's nearest grid
    anchor (its cell).
@@ -46,6 +47,7 @@ MIN_BLOB = 0.004  # fraction of the frame: an object at mid-clip (small triangle
 MIN_TRACK_BLOB = 0.001  # fraction of the frame: shrunk or partly off-screen objects
 TRIANGLE_SKEW = 0.2  # |row-profile skewness| of a triangle (~0.57; blur lowers it), else ~0
 SQUARE_FILL = 0.89  # fill ratio splitting squares (~1.0) from circles (~0.785)
+CROSS_FILL = 0.75  # ... and circles from crosses (0.556; the VAE's decoded crosses ~0.57-0.75)
 MOTION_MIN = 0.35 * MOTION_TRAVEL  # net displacement a direction needs
 GROWTH_MIN = 1.6  # last/first area ratio for growing (1/x for shrinking); true ratio ~5.4
 TRACK_FRAMES = 9
@@ -80,14 +82,16 @@ class Blob:
 
     @property
     def fill(self) -> float:
-        """mass / (height * width): square 1, circle pi/4, apex-up triangle 1/2."""
+        """mass / (height * width): square 1, circle pi/4, cross 5/9, apex-up triangle 1/2."""
         return self.mass / max(self.col_peak * self.row_peak, 1e-6)
 
     @property
     def shape(self) -> str:
         if abs(self.skew) >= TRIANGLE_SKEW:
             return "triangle"
-        return "square" if self.fill >= SQUARE_FILL else "circle"
+        if self.fill >= SQUARE_FILL:
+            return "square"
+        return "circle" if self.fill >= CROSS_FILL else "cross"
 
     @property
     def size(self) -> str:

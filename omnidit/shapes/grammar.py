@@ -19,11 +19,11 @@ import re
 import numpy as np
 
 from omnidit.shapes.spec import (
+    ALL_SHAPES,
     BACKGROUNDS,
     COLOURS,
     MOTIONS,
     POSITIONS,
-    SHAPES,
     ObjectSpec,
     SceneSpec,
     any_overlap,
@@ -38,6 +38,7 @@ SHAPE_WORDS = {
     "circle": "circle", "disc": "circle", "disk": "circle", "ball": "circle",
     "square": "square", "box": "square", "block": "square",
     "triangle": "triangle",
+    "cross": "cross", "plus": "cross",  # NEW_SHAPES: parsed always, sampled only when asked
 }  # fmt: skip
 POSITION_WORDS = {
     "top": ("v", "top"), "upper": ("v", "top"), "bottom": ("v", "bottom"), "lower": ("v", "bottom"),
@@ -68,7 +69,8 @@ FILLERS = frozenset(
 _SIZE_SYN = {"small": ["small", "tiny", "little"], "large": ["large", "big"]}
 _COLOUR_SYN = {c: [c] for c in COLOURS} | {"purple": ["purple", "violet"], "cyan": ["cyan", "aqua"]}
 _BG_SYN = {"black": ["black"], "white": ["white"], "gray": ["gray", "grey"]}
-_SHAPE_SYN = {"circle": ["circle", "disc", "disk", "ball"], "square": ["square", "box", "block"], "triangle": ["triangle"]}
+_SHAPE_SYN = {"circle": ["circle", "disc", "disk", "ball"], "square": ["square", "box", "block"], "triangle": ["triangle"],
+              "cross": ["cross", "plus"]}
 _V_SYN = {"top": ["top", "upper"], "bottom": ["bottom", "lower"]}
 _CORNER_T = ["at the {v} {h}", "in the {v} {h}", "in the {v} {h} corner", "in the {v}-{h} corner",
              "at the {v} {h} of the frame", "near the {v} {h} corner"]  # fmt: skip
@@ -325,4 +327,4 @@ def _place(objects: list[dict], rng: np.random.Generator | None) -> list[ObjectS
     return specs
 
 
-assert set(MOTIONS) == set(_MOTION_T) and set(SHAPES) == set(_SHAPE_SYN)
+assert set(MOTIONS) == set(_MOTION_T) and set(ALL_SHAPES) == set(_SHAPE_SYN)

@@ -1,16 +1,24 @@
 """Anti-aliased rasteriser for shapes-world scenes (numpy, analytic pixel coverage).
 
 Coverage is computed in closed form per pixel instead of supersampling: for a square it is
-the exact box-filtered overlap (separable per axis), for a circle and the triangle it is the
-signed distance to the boundary mapped through a one-pixel ramp (exact for straight edges,
-within a few percent near the triangle's apex). Objects are painted in list order.
+the exact box-filtered overlap (separable per axis; a cross is two boxes minus their shared
+centre), for a circle and the triangle it is the signed distance to the boundary mapped through
+a one-pixel ramp (exact for straight edges, within a few percent near the triangle's apex).
+Objects are painted in list order.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from omnidit.shapes.spec import BACKGROUNDS, COLOURS, SHAPES, SceneSpec, frame_phases
+from omnidit.shapes.spec import (
+    ALL_SHAPES,
+    BACKGROUNDS,
+    COLOURS,
+    CROSS_ARM,
+    SceneSpec,
+    frame_phases,
+)
 
 _SQRT5 = np.float32(np.sqrt(5.0))
 
@@ -22,11 +30,17 @@ def _coverage(shape: str, gx: np.ndarray, gy: np.ndarray, cx: np.ndarray, cy: np
     (bounding-box centre and side); px: pixel size. All in normalised units."""
     cx, cy = cx[:, None], cy[:, None]  # [M, 1]
     h = ext[:, None] / 2  # [M, 1] half extent
+
+    def overlap(g, c, half):  # exact overlap of each pixel interval with [c - half, c + half]: [M, W]
+        return np.clip((np.minimum(g + px / 2, c + half) - np.maximum(g - px / 2, c - half)) / px, 0, 1)
+
     if shape == "square":
-        # Exact overlap of each pixel interval with [c - h, c + h], per axis.
-        cov_x = np.clip((np.minimum(gx + px / 2, cx + h) - np.maximum(gx - px / 2, cx - h)) / px, 0, 1)  # [M, Wx]
-        cov_y = np.clip((np.minimum(gy + px / 2, cy + h) - np.maximum(gy - px / 2, cy - h)) / px, 0, 1)  # [M, Wy]
-        return cov_y[:, :, None] * cov_x[:, None, :]  # [M, Wy, Wx]
+        return overlap(gy, cy, h)[:, :, None] * overlap(gx, cx, h)[:, None, :]  # [M, Wy, Wx]
+    if shape == "cross":
+        a = h * CROSS_ARM  # [M, 1] half bar width
+        wide_x, wide_y = overlap(gx, cx, h)[:, None, :], overlap(gy, cy, h)[:, :, None]  # [M, 1, Wx], [M, Wy, 1]
+        thin_x, thin_y = overlap(gx, cx, a)[:, None, :], overlap(gy, cy, a)[:, :, None]
+        return wide_y * thin_x + thin_y * wide_x - thin_y * thin_x  # [M, Wy, Wx]: both bars, centre once
     dx = (gx - cx)[:, None, :]  # [M, 1, Wx]
     dy = (gy - cy)[:, :, None]  # [M, Wy, 1]
     if shape == "circle":
@@ -62,7 +76,7 @@ def render_batch(specs: list[SceneSpec], frames: int = 1, size: int = 64) -> np.
     pixels = out.reshape(-1, 3)  # a view: [N * F * S * S, 3]
     slots = max((len(s.objects) for s in specs), default=0)
     for k in range(slots):  # painter's order: object k over objects < k
-        for shape in SHAPES:
+        for shape in ALL_SHAPES:
             draws = [(i, s.objects[k]) for i, s in enumerate(specs) if k < len(s.objects) and s.objects[k].shape == shape]
             if not draws:
                 continue

@@ -7,8 +7,12 @@ Conventions
 - Canvas coordinates are normalised to [0, 1]^2: x grows to the right, y grows DOWN (image
   rows), so "up" is -y. Sizes are fractions of the frame side.
 - An object's `center` is the centre of its bounding box and its *extent* is the side of that
-  box: circle diameter, square side, or the base and height of an apex-up isosceles triangle.
+  box: circle diameter, square side, the base and height of an apex-up isosceles triangle, or
+  the span of a cross (a plus sign: two bars of width extent * CROSS_ARM, centred).
   Area / extent^2 is `FILL_RATIO[shape]` (what the evaluator measures shape with).
+- Vocabulary the base model never saw: `NEW_SHAPES` (the cross) are valid in a spec, drawn
+  and scored, but training scenes use `SHAPES` unless asked otherwise (world.py), so the base
+  model's data and evals stay as they were; a LoRA teaches the new word (`omnidit train lora`).
 - Named positions are the cells of a 3x3 grid; `POSITIONS[name]` is the cell's anchor.
   Training scenes jitter a named centre by up to +-`POSITION_JITTER` per axis (well inside
   the cell's half-width 0.125); an unnamed object sits anywhere in `FREE_RANGE`^2.
@@ -44,10 +48,13 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "white": (255, 255, 255),
     "gray": (128, 128, 128),
 }
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")  # the base model's shapes
+NEW_SHAPES: tuple[str, ...] = ("cross",)  # words for a LoRA to teach: off in training scenes by default
+ALL_SHAPES: tuple[str, ...] = SHAPES + NEW_SHAPES
 SIZES: tuple[str, ...] = ("small", "medium", "large")  # "medium" = no size word in the prompt
 SIZE_EXTENT: dict[str, float] = {"small": 0.18, "medium": 0.26, "large": 0.36}
-FILL_RATIO: dict[str, float] = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5}
+FILL_RATIO: dict[str, float] = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5, "cross": 5 / 9}
+CROSS_ARM = 1 / 3  # a cross's bar width, fraction of its extent (area 2 * 1/3 - 1/9 = 5/9 of the box)
 
 POSITIONS: dict[str, tuple[float, float]] = {
     "top left": (0.25, 0.25),
@@ -102,7 +109,7 @@ class ObjectSpec:
     motion: str | None = None
 
     def __post_init__(self) -> None:
-        _check("shape", self.shape, SHAPES)
+        _check("shape", self.shape, ALL_SHAPES)
         _check("colour", self.colour, COLOURS)
         _check("size", self.size, SIZES)
         if self.position is not None:

@@ -16,6 +16,7 @@ from omnidit.shapes.spec import (
     COLOURS,
     MAX_OBJECTS,
     MOTIONS,
+    NEW_SHAPES,
     POSITION_JITTER,
     POSITIONS,
     SHAPES,
@@ -43,11 +44,13 @@ P_SIZE_WORD = 0.5  # else "medium" (no size word)
 P_MOTION = 0.85  # per object, videos only
 
 
-def _sample_object(rng: np.random.Generator, background: str, taken: list[ObjectSpec], video: bool) -> ObjectSpec:
+def _sample_object(rng: np.random.Generator, background: str, taken: list[ObjectSpec], video: bool,
+                   shape: str | None = None) -> ObjectSpec:
     used = {(o.colour, o.shape) for o in taken}
+    forced = shape
     while True:
         colour = str(rng.choice([c for c in COLOURS if c != background]))
-        shape = str(rng.choice(SHAPES))
+        shape = forced or str(rng.choice(SHAPES))
         if (colour, shape) not in used:
             break
     size = "medium" if rng.random() >= P_SIZE_WORD else str(rng.choice(["small", "large"]))
@@ -63,17 +66,23 @@ def _sample_object(rng: np.random.Generator, background: str, taken: list[Object
     return ObjectSpec(shape=shape, colour=colour, size=size, position=position, center=center, motion=motion)
 
 
-def sample_spec(rng: np.random.Generator, *, video: bool, max_objects: int = 2) -> SceneSpec:
+def sample_spec(rng: np.random.Generator, *, video: bool, max_objects: int = 2, word: str | None = None) -> SceneSpec:
     """A random training scene: ~60% one object, else 2..max_objects; objects never overlap
-    (over the whole clip for videos); named centres are jittered by up to POSITION_JITTER."""
+    (over the whole clip for videos); named centres are jittered by up to POSITION_JITTER.
+
+    Shapes come from the base vocabulary `SHAPES`; `word` (one of `NEW_SHAPES`) makes the first
+    object that shape, the others staying base shapes. None draws exactly what it always drew."""
     if not 1 <= max_objects <= MAX_OBJECTS:
         raise ValueError(f"max_objects must be in 1..{MAX_OBJECTS}, got {max_objects}")
+    if word is not None and word not in NEW_SHAPES:
+        raise ValueError(f"word must be one of {list(NEW_SHAPES)} (a shape the base model was not trained on), "
+                         f"got {word!r}")
     n = 1 if max_objects == 1 or rng.random() < P_ONE_OBJECT else int(rng.integers(2, max_objects + 1))
     background = str(rng.choice(list(BACKGROUNDS)))
     for _ in range(1000):
         objects: list[ObjectSpec] = []
         for _ in range(n):
-            obj = _sample_object(rng, background, objects, video)
+            obj = _sample_object(rng, background, objects, video, word if not objects else None)
             if any_overlap([*objects, obj]):
                 break
             objects.append(obj)
@@ -83,11 +92,12 @@ def sample_spec(rng: np.random.Generator, *, video: bool, max_objects: int = 2) 
 
 
 def random_batch(
-    rng: np.random.Generator, n: int, *, frames: int, size: int, max_objects: int = 2, paraphrase: bool = True
+    rng: np.random.Generator, n: int, *, frames: int, size: int, max_objects: int = 2, paraphrase: bool = True,
+    word: str | None = None,
 ) -> tuple[list[str], np.ndarray, list[SceneSpec]]:
     """n random scenes: (prompts, uint8 [n, frames, size, size, 3], specs). Video scenes
-    (with motion) when frames > 1."""
-    specs = [sample_spec(rng, video=frames > 1, max_objects=max_objects) for _ in range(n)]
+    (with motion) when frames > 1; every scene holds `word` (see sample_spec) when given."""
+    specs = [sample_spec(rng, video=frames > 1, max_objects=max_objects, word=word) for _ in range(n)]
     prompts = [prompt_for(s, rng, paraphrase=paraphrase) for s in specs]
     return prompts, render_batch(specs, frames=frames, size=size), specs
 

@@ -1,6 +1,7 @@
 """LoRA under sequence and CFG parallelism (gloo, 2 processes): every rank applies the same adapters,
 so the split forward equals one process with the same adapters (rel <= 1e-5), adapter switches
-between forwards included (unmerged a, b, both, none; merged a)."""
+between forwards included (unmerged a, b, both, none; merged a); and the service's parallel replica
+(a WorkerGroup) loads a request's adapters from its folder on every rank."""
 
 from __future__ import annotations
 
@@ -73,3 +74,34 @@ def test_parallel_forward_with_adapters_equals_single_process(tmp_path):
     mp.spawn(worker, args=(ports, str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         assert len((tmp_path / f"rank{rank}.txt").read_text().splitlines()) == len(CASES) * len(SETS)
+
+
+@pytest.mark.timeout(180)
+def test_worker_group_loads_the_same_adapters_on_every_rank(tmp_path):
+    # The service's parallel replica: 2 Ulysses workers, adapters from a folder named per request.
+    import numpy as np
+    from safetensors.torch import save_file
+    from tiny_models import make_tiny_model_dir
+
+    from omnidit import Pipeline
+    from omnidit.parallel import ParallelConfig
+    from omnidit.request import RequestError
+    from omnidit.serving.worker_group import WorkerGroup
+
+    model = make_tiny_model_dir(tmp_path / "m", sampling={"steps": 2})
+    ref = Pipeline.from_pretrained(model, device="cpu")
+    (tmp_path / "loras").mkdir()
+    for i, name in enumerate(["a", "b"]):
+        save_file(adapter(ref.dit, 10 + i), tmp_path / "loras" / f"{name}.safetensors")
+    ref.set_lora_library(tmp_path / "loras")
+    with WorkerGroup(str(model), ParallelConfig(ulysses_degree=2), device="cpu", collective_timeout_s=60) as group:
+        group.set_lora_library(str(tmp_path / "loras"))
+        wants = []
+        for loras in ({"b": 0.5, "a": 1.0}, {}):
+            got = group.generate("a red circle", seed=3, loras=loras).frames.astype(int)
+            wants.append(ref.generate("a red circle", seed=3, loras=loras).frames.astype(int))
+            assert np.abs(got - wants[-1]).max() <= 1, loras
+        assert np.abs(wants[0] - wants[1]).max() > 8  # the adapters visibly change the frames
+        with pytest.raises(RequestError, match="unknown adapter 'c'"):  # on every rank, before any collective
+            group.generate("a red circle", seed=3, loras={"c": 1.0})
+        assert group.generate("a red circle", seed=3, loras={}).frames.shape == got.shape  # the group still serves

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 
-from omnidit.cli import batch, calibrate_cache, demo, distill, generate, serve, train, up
+from omnidit.cli import batch, calibrate_cache, demo, distill, generate, plan, serve, train, up
 from omnidit.cli import eval as evaluate
 from omnidit.cli import verify
 from omnidit.cli.common import Parser, run_command
 
 COMMANDS = {"generate": generate, "up": up, "serve": serve, "demo": demo, "batch": batch, "train": train,
-            "eval": evaluate, "distill": distill, "verify": verify, "calibrate-cache": calibrate_cache}
+            "eval": evaluate, "distill": distill, "verify": verify, "calibrate-cache": calibrate_cache,
+            "plan": plan}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -38,7 +38,7 @@ def _free_port() -> int:
 _LORA_LIBRARY = "lora_library"  # an inbox message that is no generation
 
 
-def _worker_main(rank, world, port, model, config, device, dtype, inbox, outbox, cancel, timeout_s):
+def _worker_main(rank, world, port, model, config, device, dtype, inbox, outbox, cancel, timeout_s, memory):
     """One process of the group: join the process group, load the Pipeline, serve requests."""
     import torch
 
@@ -52,7 +52,7 @@ def _worker_main(rank, world, port, model, config, device, dtype, inbox, outbox,
         state = init_parallel(config, rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}",
                               device=dev, timeout_s=timeout_s)
         runtime = ParallelRuntime(state)
-        pipe = Pipeline.from_pretrained(model, device=dev, dtype=dtype, parallel=runtime)
+        pipe = Pipeline.from_pretrained(model, device=dev, dtype=dtype, parallel=runtime, **memory)
     except Exception as e:
         outbox.put(("failed", None, rank, f"{type(e).__name__}: {e}"))
         return
@@ -90,7 +90,8 @@ class WorkerGroup:
     """K = config.world_size worker processes (spawned) sharing one generation at a time."""
 
     def __init__(self, model: str, config: ParallelConfig, *, device: str = "cpu", dtype=None,
-                 start_timeout_s: float = 600.0, collective_timeout_s: float = 600.0):
+                 start_timeout_s: float = 600.0, collective_timeout_s: float = 600.0, weights: str | None = None,
+                 offload: str = "none"):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda' (one GPU per worker), got {device!r}")
         ctx = mp.get_context("spawn")
@@ -104,7 +105,8 @@ class WorkerGroup:
         self._procs = [
             ctx.Process(target=_worker_main, daemon=True, name=f"omnidit-worker-{r}",
                         args=(r, config.world_size, port, model, config, device, dtype, self._inboxes[r],
-                              self._outbox, self._cancel, collective_timeout_s))
+                              self._outbox, self._cancel, collective_timeout_s,
+                              {"weights": weights, "offload": offload}))
             for r in range(config.world_size)
         ]
         for p in self._procs:

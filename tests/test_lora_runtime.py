@@ -181,3 +181,23 @@ def test_composes_with_step_caching(setup):
     model.set_loras({})
     cache.begin(steps=1, branches=1)
     assert rel_err(model(**x, cache=cache), want) > 1e-2  # the cached path sees the adapter switch
+
+
+def test_scale_changes_do_not_recompile(setup):
+    # Scales are buffers updated in place: a compiled block keeps its graph when only a scale changes.
+    from torch._dynamo.testing import CompileCounter
+
+    _, model, _ = setup
+    model.load_lora(adapter(model, 9), name="a")
+    layer = model.get_submodule("transformer_blocks.0.attn.to_q")
+    counter = CompileCounter()
+    compiled = torch.compile(layer, backend=counter, fullgraph=True)
+    x = torch.randn(2, 5, layer.in_features)
+    with torch.no_grad():
+        first = compiled(x)
+        model.set_loras({"a": 3.0})
+        third = compiled(x)
+    assert counter.frame_count == 1  # no recompile for the new scale
+    base = layer.base(x)
+    assert torch.allclose(third - base, 3 * (first - base), atol=1e-5)  # ... and the new scale is used
+    torch._dynamo.reset()

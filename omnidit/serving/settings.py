@@ -79,10 +79,6 @@ class ServeSettings:
     # use; at most max_loras stay loaded per replica (least recently used unloaded first).
     lora_dir: str | None = None
     max_loras: int = 8
-    # LoRA adapters a request may name in `lora`: <name>.safetensors files of this folder, loaded on first
-    # use; at most max_loras stay loaded per replica (least recently used unloaded first).
-    lora_dir: str | None = None
-    max_loras: int = 8
 
     def __post_init__(self) -> None:
         if self.api_key == "":
@@ -101,10 +97,6 @@ class ServeSettings:
             zero_ok = name in ("cpus_per_replica", "batch_wait_s")
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (v == 0 and not zero_ok):
                 raise ValueError(f"{name} must be a number {'>=' if zero_ok else '>'} 0, got {v!r}")
-        if self.max_loras < 1:
-            raise ValueError(f"max_loras must be >= 1, got {self.max_loras}")
-        if self.lora_dir is not None and not Path(self.lora_dir).is_dir():
-            raise ValueError(f"lora_dir {self.lora_dir!r} does not exist or is not a directory")
         if self.max_loras < 1:
             raise ValueError(f"max_loras must be >= 1, got {self.max_loras}")
         if self.lora_dir is not None and not Path(self.lora_dir).is_dir():

@@ -68,9 +68,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add("--lora-dir", metavar="DIR", help='LoRA adapters requests may name in `lora` ({"name": scale}): '
                                             "DIR/<name>.safetensors, loaded on first use")
     s.add("--max-loras", help="adapters kept loaded per replica (least recently used unloaded first)")
-    s.add("--lora-dir", metavar="DIR", help='LoRA adapters requests may name in `lora` ({"name": scale}): '
-                                            "DIR/<name>.safetensors, loaded on first use")
-    s.add("--max-loras", help="adapters kept loaded per replica (least recently used unloaded first)")
     p.set_defaults(func=run, config_flags=s)
 
 

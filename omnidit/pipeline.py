@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from omnidit import pipeline_lora, pipeline_memory
+from omnidit import pipeline_image, pipeline_lora, pipeline_memory
 from omnidit.dit.cache import StepCache, build_cache
 from omnidit.dit.lora import using_loras
 from omnidit.generation import Generation
@@ -147,14 +147,18 @@ class Pipeline:
 
     @property
     def takes_image(self) -> bool:
-        """Whether `generate(..., image=...)` is accepted (an image-to-video model)."""
-        return False
+        """Whether `generate(..., image=...)` is accepted: a HunyuanVideo-1.0-family model takes a start
+        image through the training-free first-frame condition (pipeline_image.py)."""
+        return True
 
     def check_image(self, image):
-        """`image` as the model takes it (None: no image); `RequestError("image", ...)` when the model takes none."""
+        """`image` as the model takes it (None: no image); `RequestError("image", ...)` when the model takes
+        none. Here: one image for every prompt or a list with one per prompt -> pipeline_image.StartImages."""
         if image is None:
             return None
-        raise RequestError("image", f"model {self.name!r} takes no image (it is text-to-video only)")
+        if not self.takes_image:
+            raise RequestError("image", f"model {self.name!r} takes no image (it is text-to-video only)")
+        return pipeline_image.check_images(image)
 
     def default_size(self, image=None) -> tuple[int, int]:
         """(height, width) of a request that names no size (`image`: what check_image returned)."""
@@ -336,11 +340,12 @@ class Pipeline:
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise RequestError("prompt", "prompt must be a non-empty string (or a non-empty list of strings)")
         prompts = [check_prompt(p) for p in prompts]
-        image = self.check_image(image)  # one start image for every prompt of the batch
+        image = self.check_image(image)  # a start image for every prompt, or (1.0 family) one per prompt
         policy = cache if isinstance(cache, StepCache) else None
         req = self.check(frames=frames, height=height, width=width, steps=steps, guidance=guidance,
                          negative_prompt=negative_prompt, true_cfg_scale=true_cfg_scale,
                          cache="none" if policy is not None else cache, image=image)
+        pipeline_image.check_request(image, req.frames, len(prompts))
         if policy is None:
             policy = self.make_cache(req.cache)
         adapters = pipeline_lora.prepare(self, loras)  # validated and loaded before any denoising
@@ -387,9 +392,9 @@ class Pipeline:
                                      true_cfg=req.cfg_scale, dtype=self.dtype)
         if cache is not None:
             cache.begin(steps=req.steps, branches=denoiser.branches)
-        model_fn = denoiser
+        model_fn = pipeline_image.first_frame(self, denoiser, latents, req, image)  # 1.0 family's start images
         if preview is not None:
-            model_fn, callback = with_preview(denoiser, callback, preview)
+            model_fn, callback = with_preview(model_fn, callback, preview)
         return run_sampler(self.config.sampler, model_fn, latents.float(), sigmas, callback=callback,
                            noise_sampler=noise_sampler)
 

@@ -43,8 +43,8 @@ class StartImages:
 
 def check_images(image) -> StartImages | None:
     """One image, or a list/tuple with one entry (an image or None) per prompt -> StartImages (None: none)."""
-    if image is None:
-        return None
+    if image is None or isinstance(image, StartImages):  # None, or checked already
+        return image
     if isinstance(image, (list, tuple)):
         if not image:
             raise RequestError(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from omnidit.cli.common import UserError, positive_int
 from omnidit.cli.compile_flags import add_compile_args
+from omnidit.cli.image_flags import add_image_arg, check_image, read_image
 from omnidit.cli.lora_flags import add_lora_args, load_loras, lora_specs
 from omnidit.cli.memory_flags import add_memory_args
 from omnidit.cli.parallel_flags import add_parallel_args, start_parallel
@@ -37,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--attention-backend", default=None,
                    help="sdpa, flash_attn or xformers (default: $OMNIDIT_ATTENTION_BACKEND, else the model's)")
+    add_image_arg(p)
     add_lora_args(p)
     add_memory_args(p)
     add_compile_args(p)
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out.name!r} is an image but --frames is {args.frames}; use .mp4 or .gif")
     check_visible_label(args)
     lora_specs(args.lora)  # bad --lora values fail before the model is loaded
+    start = read_image(args.image)  # an unreadable --image too
     mod = moderator(args, out.parent / "moderation-audit.jsonl")
     if mod is not None:  # before anything is loaded or generated
         from omnidit.safety import ContentBlocked
@@ -83,8 +86,10 @@ def run(args: argparse.Namespace) -> int:
             loras = load_loras(pipe, args.lora)
             if args.compile:
                 pipe.compile(args.compile)
+            image = check_image(pipe, start, args.frames)
             req = pipe.check(frames=args.frames, height=args.height, width=args.width, steps=args.steps,
-                             guidance=args.guidance, negative_prompt=args.negative_prompt, cache=args.cache)
+                             guidance=args.guidance, negative_prompt=args.negative_prompt, cache=args.cache,
+                             image=image)
         except ValueError as e:
             raise UserError(str(e)) from None
         writer = parallel is None or parallel.is_output_rank
@@ -93,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         with tqdm(total=req.steps, desc="denoising", unit="step", file=sys.stderr, disable=not writer) as bar:
             gen = pipe.generate(args.prompt, frames=args.frames, height=args.height, width=args.width,
                                 steps=args.steps, guidance=args.guidance, negative_prompt=args.negative_prompt,
-                                seed=args.seed, cache=args.cache, loras=loras,
+                                seed=args.seed, cache=args.cache, loras=loras, image=image,
                                 callback=lambda i, n, x: bar.update(1))
         if writer:
             finish(gen, args, mod, out)

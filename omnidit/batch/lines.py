@@ -1,7 +1,8 @@
 """Prompt lines of a batch job: JSON objects -> typed `BatchItem`s, or `LineError`s naming the line.
 
 A line is `{"id"?, "prompt", "frames"?, "size"? ("WxH"), "seed"?, "steps"?, "guidance"?,
-"negative_prompt"?, "cache"? (a step-cache SPEC), "lora"? ({"adapter": scale})}`. Fields are checked by the request contract
+"negative_prompt"?, "cache"? (a step-cache SPEC), "lora"? ({"adapter": scale}), "image"? (a start image: a path
+relative to the JSONL file, or absolute; needs frames > 1)}`. Fields are checked by the request contract
 (`omnidit.request`); with the model's temporal ratio (the runner passes it) frame counts are
 checked here too, and the model's other limits (size multiple, max frames) by `Pipeline.check` on the worker.
 """
@@ -26,7 +27,7 @@ from omnidit.request import (
     parse_size,
 )
 
-KEYS = ("id", "prompt", "frames", "size", "seed", "steps", "guidance", "negative_prompt", "cache", "lora")
+KEYS = ("id", "prompt", "frames", "size", "seed", "steps", "guidance", "negative_prompt", "cache", "lora", "image")
 ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
@@ -46,6 +47,8 @@ class BatchItem:
     negative_prompt: str | None = None
     cache: str | None = None  # normalised SPEC ("fbcache" -> "fbcache:0.1"), None: the model's default
     lora: str | None = None  # adapters as canonical JSON ({"name": scale} sorted, no zeros), None: the job's --lora
+    image: str | None = None  # the start image's absolute path (image-to-video), read by the worker
+    image_sha1: str | None = None  # its bytes' digest: a changed file is a changed line
 
     @property
     def suffix(self) -> str:
@@ -62,9 +65,10 @@ class BatchItem:
                 self.lora)  # different adapter sets never share a forward
 
     def params(self) -> dict:
-        return {"frames": self.frames, "width": self.width, "height": self.height, "steps": self.steps,
-                "guidance": self.guidance, "negative_prompt": self.negative_prompt, "cache": self.cache,
-                "lora": self.lora}
+        p = {"frames": self.frames, "width": self.width, "height": self.height, "steps": self.steps,
+             "guidance": self.guidance, "negative_prompt": self.negative_prompt, "cache": self.cache,
+             "lora": self.lora}
+        return p if self.image is None else {**p, "image": self.image}
 
     def fingerprint(self, model: str) -> str:
         """What the output depends on: a rerun skips an id only when this is unchanged."""
@@ -72,8 +76,9 @@ class BatchItem:
         d.pop("line")  # moving a line within the file does not change its output
         if d["cache"] is None:
             d.pop("cache")  # lines without a cache keep the fingerprints they had before the key existed
-        if d["lora"] is None:
-            d.pop("lora")  # likewise lines without a lora
+        for key in ("lora", "image", "image_sha1"):
+            if d[key] is None:
+                d.pop(key)  # likewise lines without a lora or an image
         return _sha1({"item": d, "model": model})
 
     def to_dict(self) -> dict:
@@ -114,10 +119,11 @@ def derived_seed(item_id: str) -> int:
 
 
 def parse_line(text: str, line: int, *, temporal_ratio: int | None = None,
-               loras: list[str] | None = None) -> BatchItem | LineError:
+               loras: list[str] | None = None, base_dir: str | Path | None = None) -> BatchItem | LineError:
     """One line (1-based number `line`) -> a `BatchItem`, or a `LineError` saying what is wrong.
     `temporal_ratio`: the model VAE's, to check frame counts now (None: on the worker); `loras`: the
-    adapter names a line may use (None: checked on the worker)."""
+    adapter names a line may use (None: checked on the worker); `base_dir`: where a relative `image` is
+    (the JSONL file's folder; None: the working directory)."""
     key = _sha1(text.strip())
 
     def err(message: str, item_id=None, prompt=None) -> LineError:
@@ -138,6 +144,7 @@ def parse_line(text: str, line: int, *, temporal_ratio: int | None = None,
         item_id = _check_id(raw_id) if "id" in obj else derived_id(obj)
         width, height = parse_size(obj["size"]) if obj.get("size") is not None else (None, None)
         frames = check_frames(obj.get("frames", 1), temporal_ratio or 1)  # ratio 1: any integer >= 1
+        image, image_sha1 = _check_image(obj.get("image"), frames, base_dir)
         return BatchItem(
             id=item_id, line=line, prompt=check_prompt(raw_prompt),
             seed=check_seed(obj["seed"]) if obj.get("seed") is not None else derived_seed(item_id),
@@ -147,6 +154,7 @@ def parse_line(text: str, line: int, *, temporal_ratio: int | None = None,
             negative_prompt=check_negative_prompt(obj.get("negative_prompt")),
             cache=str(parse_cache(obj["cache"])) if obj.get("cache") is not None else None,
             lora=json.dumps(parse_loras(obj["lora"], loras), sort_keys=True) if obj.get("lora") is not None else None,
+            image=image, image_sha1=image_sha1,
         )
     except ValueError as e:
         return err(str(e), raw_id, raw_prompt)
@@ -166,7 +174,7 @@ def parse_prompts(path: str | Path, *, temporal_ratio: int | None = None,
         except UnicodeDecodeError as e:
             errors.append(LineError(n, f"line {n}: not UTF-8 ({e.reason} at byte {e.start})", _sha1(raw.hex())))
             continue
-        parsed = parse_line(text, n, temporal_ratio=temporal_ratio, loras=loras)
+        parsed = parse_line(text, n, temporal_ratio=temporal_ratio, loras=loras, base_dir=Path(path).parent)
         if isinstance(parsed, BatchItem) and parsed.id in first_line:
             parsed = LineError(n, f"line {n}: duplicate id {parsed.id!r} (first on line {first_line[parsed.id]})",
                                _sha1(text.strip()), parsed.id, parsed.prompt)
@@ -179,6 +187,24 @@ def parse_prompts(path: str | Path, *, temporal_ratio: int | None = None,
 
 
 # ---- field checks: each raises ValueError naming the field and what is allowed ----------------
+def _check_image(value, frames: int, base_dir: str | Path | None) -> tuple[str | None, str | None]:
+    """A line's `image` -> (absolute path, sha1 of its bytes), the file read as an image now."""
+    if value is None:
+        return None, None
+    from omnidit.request import RequestError
+    from omnidit.tokenizers.image_input import load_image
+
+    if not isinstance(value, str) or not value.strip():
+        raise RequestError("image", f"image must be a path to an image file, got {value!r}")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir or ".") / path
+    path = path.resolve()
+    load_image(path)  # RequestError naming the field: not a file, not an image
+    if frames == 1:
+        raise RequestError("image", "image is the first frame of a video: set frames > 1")
+    return str(path), hashlib.sha1(path.read_bytes()).hexdigest()
+
 
 
 def _check_id(v) -> str:

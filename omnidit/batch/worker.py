@@ -30,6 +30,7 @@ def generate_chunk(pipe, items: list[BatchItem], finish=None, default_loras: dic
             height=first.height, width=first.width, steps=first.steps, guidance=first.guidance,
             negative_prompt=first.negative_prompt, cache=first.cache,
             loras=json.loads(first.lora) if first.lora is not None else (default_loras or {}),
+            image=_images(items),
         )
     except Exception as e:  # noqa: BLE001 - every failure is reported per item, the job goes on
         return [(_error(it, e, time.perf_counter() - t0), b"") for it in items]
@@ -47,9 +48,19 @@ def generate_chunk(pipe, items: list[BatchItem], finish=None, default_loras: dic
         info = gen.info
         params = {"frames": info["frames"], "width": info["width"], "height": info["height"],
                   "steps": info["steps"], "guidance": info["guidance"], "negative_prompt": it.negative_prompt}
+        if it.image is not None:
+            params["image"] = it.image
         out.append(({"id": it.id, "status": "ok", "params": params, "error": None,
                      "seconds": each + time.perf_counter() - t1}, data))
     return out
+
+
+def _images(items: list[BatchItem]):
+    """The chunk's start images: None, one path for every item, or one per item (None for none)."""
+    paths = [it.image for it in items]
+    if all(p is None for p in paths):
+        return None
+    return paths[0] if len(set(paths)) == 1 else paths
 
 
 def _error(item: BatchItem, e: Exception, seconds: float) -> dict:
@@ -61,7 +72,8 @@ class ChunkGenerator:
     """Ray Data callable class: one per actor, the model loaded once in `__init__`."""
 
     def __init__(self, model: str, device: str, threads: int | None = None, safety: dict | None = None,
-                 memory: dict | None = None, loras: dict | None = None, lora_dir: str | None = None):
+                 memory: dict | None = None, loras: dict | None = None, lora_dir: str | None = None,
+                 compile: str | None = None):
         import torch
 
         if threads:
@@ -69,6 +81,8 @@ class ChunkGenerator:
         from omnidit.pipeline import Pipeline
 
         self.pipe = Pipeline.from_pretrained(model, device=device, **(memory or {}))  # weights, offload
+        if compile:  # regional torch.compile (dit/compile.py); the actor's first chunk of each size compiles
+            self.pipe.compile(compile)
         self.finish = finisher(safety or {})
         self.loras = {}  # the --lora set: {name: scale}
         for name, (path, scale) in (loras or {}).items():

@@ -226,8 +226,8 @@ class DemoHandlers:
     # -- video ------------------------------------------------------------------------------
 
     def run_video(self, prompt, size, frames, steps, seed, guidance, negative_prompt, recent, model=None, lora=None,
-                  lora_scale=1.0, cache=None, cache_threshold=None):
-        """Generator: create a job, poll it, fetch the MP4.
+                  lora_scale=1.0, cache=None, cache_threshold=None, image=None):
+        """Generator: create a job, poll it, fetch the MP4. `image`: the uploaded start image's path (image-to-video).
 
         Yields (job id, progress html, video path | None, recent, gallery, error markdown). The job
         id goes into session state so the Stop button can cancel it while this generator polls.
@@ -238,7 +238,7 @@ class DemoHandlers:
                 prompt, size=size, frames=_opt_int(frames, none_below=1), seed=_opt_int(seed, none_below=0),
                 steps=_opt_int(steps, none_below=1), guidance=_opt_float(guidance),
                 negative_prompt=(negative_prompt or "").strip() or None, model=model or None,
-                lora=_lora(lora, lora_scale), cache=_cache(cache, cache_threshold))
+                lora=_lora(lora, lora_scale), cache=_cache(cache, cache_threshold), image=image or None)
         except (ApiError, ValueError) as e:
             msg = getattr(e, "message", None) or str(e)
             gr.Warning(msg)
@@ -348,6 +348,9 @@ def build_app(cfg: DemoConfig, handlers: DemoHandlers | None = None) -> gr.Block
                                           elem_id="video-prompt")
                     v_size = gr.Dropdown(SIZES, value=DEFAULT_SIZE, label="Size (WxH)", allow_custom_value=True,
                                          scale=1, elem_id="video-size")
+                v_image = gr.Image(label="Start image (optional): the video's first frame, image-to-video",
+                                   type="filepath", sources=["upload", "clipboard"], height=160,
+                                   elem_id="video-image")
                 v_frames, v_steps, v_seed, v_guidance, v_negative, v_cache, v_cache_t = _advanced("video",
                                                                                                   with_frames=True)
                 with gr.Row():
@@ -373,7 +376,7 @@ def build_app(cfg: DemoConfig, handlers: DemoHandlers | None = None) -> gr.Block
                    [i_out, recent, gallery, i_error], api_name="generate_image", concurrency_limit=None)
         v_go.click(h.run_video,
                    [v_prompt, v_size, v_frames, v_steps, v_seed, v_guidance, v_negative, recent, model, lora,
-                    lora_scale, v_cache, v_cache_t],
+                    lora_scale, v_cache, v_cache_t, v_image],
                    [job_id, v_progress, v_out, recent, gallery, v_error], api_name="generate_video",
                    concurrency_limit=None, show_progress="minimal")
         v_stop.click(h.stop_video, [job_id], [v_error], api_name="stop_video", concurrency_limit=None)

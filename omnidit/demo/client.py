@@ -8,7 +8,9 @@ for an HTTP error, "service unreachable at URL" when nothing answers.
 from __future__ import annotations
 
 import base64
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -75,6 +77,25 @@ class VideoJob:
             err = err.get("message")
         return cls(id=str(d["id"]), status=str(d["status"]), progress=float(d.get("progress") or 0),
                    error=err if err else None, raw=d)
+
+
+def image_data_url(image: str | os.PathLike | bytes) -> str:
+    """A start image (a path or the file's bytes) as a `data:image/...;base64,` URL; ValueError if unreadable."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            image = Path(image).read_bytes()
+        except OSError as e:
+            raise ValueError(f"start image {str(image)!r} cannot be read ({e.strerror})") from None
+    try:
+        with Image.open(io.BytesIO(image)) as im:
+            kind = Image.MIME.get(im.format or "", "application/octet-stream")
+    except (UnidentifiedImageError, OSError):
+        raise ValueError("the start image is not a readable image file (png, jpeg, webp, ...)") from None
+    return f"data:{kind};base64," + base64.b64encode(image).decode("ascii")
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -164,9 +185,13 @@ class OmniClient:
     def create_video(self, prompt: str, *, size: str, frames: int | None = None, fps: int | None = None,
                      seed: int | None = None, steps: int | None = None, guidance: float | None = None,
                      negative_prompt: str | None = None, model: str | None = None,
-                     lora: dict[str, float] | None = None, cache: str | None = None) -> VideoJob:
+                     lora: dict[str, float] | None = None, cache: str | None = None,
+                     image: str | os.PathLike | bytes | None = None) -> VideoJob:
+        """POST /v1/videos. `image`: a start image (a file path or its bytes) for image-to-video, sent as the
+        `input_reference` data URL."""
         body = _drop_none(prompt=prompt, size=size, frames=frames, fps=fps, seed=seed, steps=steps,
-                          guidance=guidance, negative_prompt=negative_prompt, model=model, lora=lora, cache=cache)
+                          guidance=guidance, negative_prompt=negative_prompt, model=model, lora=lora, cache=cache,
+                          input_reference=None if image is None else image_data_url(image))
         return VideoJob.from_json(self._json("POST", "/v1/videos", json=body))
 
     def get_video(self, job_id: str) -> VideoJob:

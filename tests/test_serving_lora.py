@@ -120,3 +120,4 @@ def test_video_job_with_an_adapter(env):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert job["status"] == "completed", job
+    assert job["lora"] == {"neon": 0.8}

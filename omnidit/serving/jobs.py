@@ -108,6 +108,7 @@ class Job:
             "prompt": self.prompt, "size": f"{p['width']}x{p['height']}", "frames": p["frames"], "fps": p["fps"],
             "seconds": round(p["frames"] / p["fps"], 3), "seed": p["seed"], "steps": p["steps"],
             "guidance": p["guidance"], "negative_prompt": p.get("negative_prompt"), "cache": p.get("cache"),
+            "lora": p.get("lora") or {},
             "attempts": self.attempts, "error": self.error,
         }
 

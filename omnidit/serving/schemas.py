@@ -356,6 +356,7 @@ class VideoJob(BaseModel):
     guidance: float
     negative_prompt: str | None
     cache: str | None = Field(None, description="the step-cache SPEC the job runs with (null: the model's default)")
+    lora: dict[str, float] = Field(default_factory=dict, description="the LoRA adapters the job runs with ({}: none)")
     attempts: int = Field(description="replicas that started this job (>1 after a replica died)")
     error: dict | None = Field(description="{code, message} when failed")
 

@@ -176,3 +176,29 @@ def test_lora_scale_changes_never_recompile_and_adapter_sets_compile_once():
             seen.add(frozenset(s))
     # the active adapters are a tuple the LoRA forward loops over: a set never met compiles once
     assert all(n > 0 for n in new_graphs[:1]) and sum(new_graphs) <= 4 * len(seen), new_graphs
+
+
+def test_batch_compile_reaches_each_actor(tiny_model_dirs, tmp_path):
+    import numpy as np
+
+    from omnidit.batch.lines import parse_line
+    from omnidit.batch.runner import BatchConfig
+    from omnidit.batch.worker import ChunkGenerator, generate_chunk
+    from omnidit.cli import build_parser
+    from omnidit.pipeline import Pipeline
+
+    with pytest.raises(ValueError, match="compile must be one of"):
+        BatchConfig(prompts=str(tmp_path / "p.jsonl"), out=str(tmp_path / "o"), compile="tensorrt")
+    args = build_parser("batch").parse_args(["batch", "p.jsonl", "--out", "o", "--compile"])
+    assert args.compile == "inductor"
+    torch._dynamo.reset()
+    model = tiny_model_dirs["euler"]
+    actor = ChunkGenerator(model, "cpu", compile="aot_eager")
+    item = parse_line('{"id": "a", "prompt": "a red circle", "seed": 1, "steps": 2}', 1)
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    ((result, _),) = generate_chunk(actor.pipe, [item], None, actor.loras)
+    assert result["status"] == "ok", result
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > before  # the blocks ran compiled
+    eager = Pipeline.from_pretrained(model, device="cpu").generate("a red circle", seed=1, steps=2).frames
+    got = actor.pipe.generate("a red circle", seed=1, steps=2).frames
+    assert np.abs(got.astype(int) - eager.astype(int)).max() <= 1

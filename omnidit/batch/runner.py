@@ -40,6 +40,7 @@ class BatchConfig:
     device: str = "cpu"  # "cpu" or "cuda" (one GPU per actor)
     weights: str | None = None  # the DiT's storage: fp8 | bf16 | fp32; None = the compute dtype (pipeline_memory.py)
     offload: str = "none"  # none | blocks (pipeline_memory.py)
+    compile: str | None = None  # regional torch.compile backend of each actor's DiT (dit/compile.py); None = eager
     progress: bool = True  # a tqdm bar over items on stderr
     # Content safety and labelling (omnidit/batch/safety.py; README "Content safety and labelling").
     moderation: str | None = None  # policy file: prompts checked before planning, outputs before writing
@@ -67,6 +68,10 @@ class BatchConfig:
         from omnidit.pipeline_memory import check_memory
 
         check_memory(self.weights, self.offload)
+        from omnidit.dit.compile import BACKENDS
+
+        if self.compile is not None and self.compile not in BACKENDS:
+            raise ValueError(f"compile must be one of {BACKENDS} (or None), got {self.compile!r}")
         if self.visible_label is not None and not self.visible_label.strip():
             raise ValueError("visible_label must be non-empty text")
         if not self.label_producer.strip():
@@ -197,7 +202,7 @@ def _dataset(chunks: list[list[BatchItem]], cfg: BatchConfig, model: str, *, thr
         fn_constructor_kwargs={"model": model, "device": cfg.device, "threads": threads,
                                "safety": safety_options(cfg), "memory": {"weights": cfg.weights,
                                                                          "offload": cfg.offload},
-                               "loras": cfg.loras, "lora_dir": cfg.lora_dir},
+                               "loras": cfg.loras, "lora_dir": cfg.lora_dir, "compile": cfg.compile},
         num_cpus=1, num_gpus=1 if gpu else 0,
     )
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from omnidit.cli.common import ConfigFlags, UserError, positive_int
+from omnidit.cli.compile_flags import add_compile_args
 from omnidit.cli.lora_flags import add_lora_args, lora_specs
 from omnidit.cli.memory_flags import add_memory_args
 
@@ -33,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add("--address", help="Ray cluster address (default: start a local Ray for this job)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when this machine has one)")
     add_memory_args(p, c)
+    add_compile_args(p, c)
     c.add("--no-progress", field="progress", help="no progress bar")
     c.add("--moderation", metavar="FILE", help="a JSON/YAML content policy: prompts checked before planning, "
                                                "outputs before writing (blocked lines are manifest errors)")

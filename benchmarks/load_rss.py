@@ -50,7 +50,7 @@ def measure(loader: str, folder: str) -> dict:
     seconds = time.perf_counter() - t0
     with torch.no_grad():  # touch every weight: memory-mapped pages count once they are read
         for t in [*model.parameters(), *model.buffers()]:
-            t.sum()
+            (t if t.element_size() > 1 else t.view(torch.uint8)).sum()  # float8 has no CPU sum
     peak = _rss_mb()
     from omnidit.dit.fp8 import model_bytes
 

@@ -122,7 +122,7 @@ def test_errors_are_the_clients_exception_types_with_our_message(live):
     assert e.value.body["param"] == "seconds" and "at most 33 frames" in e.value.message
     with pytest.raises(openai.UnprocessableEntityError) as e:
         c.videos.create(prompt="x", size="64x64", input_reference=("start.png", b"\x89PNG\r\n", "image/png"))
-    assert e.value.body["param"] == "input_reference" and "image-to-video" in e.value.message
+    assert e.value.body["param"] == "input_reference" and "not a readable image" in e.value.message
     bad = openai.OpenAI(base_url=f"{live.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as e:
         bad.models.list()

@@ -146,7 +146,7 @@ def test_video_as_multipart_with_string_seconds_and_thumbnail(client):
 def test_video_input_reference_is_refused_naming_the_field(client):
     r = client.post(VID, data={"prompt": "x"}, files={"input_reference": ("start.png", b"\x89PNG...", "image/png")})
     assert r.status_code == 422 and r.json()["error"]["param"] == "input_reference"
-    assert "image-to-video" in r.json()["error"]["message"]
+    assert "not a readable image" in r.json()["error"]["message"]  # a real image: tests/test_serving_i2v.py
     r = client.post(VID, data={"prompt": "x", "input_reference[image_url]": "https://example.com/a.png"})
     assert r.status_code == 422 and r.json()["error"]["param"] == "input_reference"
     r = client.post(VID, data={"prompt": "x", "size": "720x1280"})

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from omnidit import __version__
 from omnidit.serving.errors import ApiError, error_response, install_error_handlers
+from omnidit.serving.input_image import MAX_INPUT_BYTES, data_url
 from omnidit.serving.metrics import CONTENT_TYPE
 from omnidit.serving.openapi import openapi_document
 from omnidit.serving.schemas import (
@@ -33,6 +34,8 @@ from omnidit.serving.schemas import (
 from omnidit.serving.service import Service
 
 MAX_BODY_BYTES = 256 * 1024  # a maximal request is ~10 KB of JSON
+# POST /v1/videos may carry a start image (input_reference): the image's limit, plus base64 and form overhead
+MAX_VIDEO_BODY_BYTES = MAX_BODY_BYTES + MAX_INPUT_BYTES * 4 // 3 + 4096
 POLL_AFTER_MS = 500  # `openai-poll-after-ms` on an unfinished job: progress moves every denoising step
 
 VIDEO_ID_PATTERN = r"^video_[0-9a-f]{32}$"  # files.VIDEO_ID
@@ -66,8 +69,8 @@ def create_app(service: Service) -> FastAPI:
                                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
         elif length is not None and not length.isdigit():
             response = error_response(400, "Content-Length is not a number", code="invalid_header")
-        elif length is not None and int(length) > MAX_BODY_BYTES:
-            response = error_response(413, f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}",
+        elif length is not None and int(length) > (limit := _body_limit(request)):
+            response = error_response(413, f"request body is {length} bytes; the limit is {limit}",
                                       code="body_too_large")
         else:
             try:
@@ -203,6 +206,10 @@ def _poll_headers(job: dict, *, location: bool = False) -> dict[str, str]:
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
+def _body_limit(request: Request) -> int:
+    return MAX_VIDEO_BODY_BYTES if request.method == "POST" and request.url.path == "/v1/videos" else MAX_BODY_BYTES
+
+
 async def _video_request(request: Request) -> VideoRequest:
     """`POST /v1/videos` as JSON or as a form (the official client always sends multipart/form-data,
     with every value a string, and `input_reference` as a file or `input_reference[...]` fields)."""
@@ -214,10 +221,12 @@ async def _video_request(request: Request) -> VideoRequest:
             raise ApiError(400, f"request body is not a valid form: {e}", code="invalid_body") from None
         body: dict = {}
         for key, value in form.multi_items():
+            if key == "input_reference":  # the openai client's file upload: checked as a data URL
+                body["input_reference"] = value if isinstance(value, str) else data_url(
+                    await value.read(MAX_INPUT_BYTES + 1), value.content_type)
+                continue
             text = value if isinstance(value, str) else (value.filename or "upload")
-            if key == "input_reference":
-                body["input_reference"] = text
-            elif key.startswith("input_reference[") and key.endswith("]"):  # {"image_url": ...} as form fields
+            if key.startswith("input_reference[") and key.endswith("]"):  # {"image_url": ...} as form fields
                 ref = body.get("input_reference")
                 body["input_reference"] = {**(ref if isinstance(ref, dict) else {}), key[16:-1]: text}
             elif not isinstance(value, str):

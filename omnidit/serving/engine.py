@@ -212,9 +212,15 @@ def model_info(model: str | None) -> ModelInfo:
     folder = open_model(model)
     c = folder.sampling(read_config(folder.transformer_dir).guidance_embeds)
     name = folder.name  # as Pipeline names it
+    takes_image = True  # the 1.0 family: the training-free first-frame condition (pipeline_image.py)
+    if folder.family == "hunyuanvideo15":
+        from omnidit.pipeline_hv15 import HV15Settings
+
+        takes_image = HV15Settings.from_folder(folder).task == "i2v"
     return ModelInfo(id=Path(name).name, name=name, width=c.width, height=c.height, max_width=c.max_width,
                      max_height=c.max_height, max_frames=c.max_frames, size_multiple=c.size_multiple, fps=c.fps,
-                     steps=c.steps, guidance=float(c.guidance), temporal_ratio=folder.temporal_ratio)
+                     steps=c.steps, guidance=float(c.guidance), temporal_ratio=folder.temporal_ratio,
+                     takes_image=takes_image)
 
 
 def start_worker_group(settings: ServeSettings):
@@ -296,11 +302,16 @@ class GeneratorEngine:
 
     def run_video(self, job: Job, callback):
         p = job.params
+        image = None
+        if p.get("input_reference") is not None:  # the start image the ingress stored (serving/input_image.py)
+            image = OutputDir(self.settings.data_path).input_path(p["input_reference"])
+            if not image.is_file():
+                raise RequestError("input_reference", f"the start image of job {job.id} is gone from the data dir")
         with self.gate.video():
             gen = self.pipe.generate_many(
                 [job.prompt], seeds=[p["seed"]], frames=p["frames"], height=p["height"], width=p["width"],
                 steps=p["steps"], guidance=p["guidance"], negative_prompt=p.get("negative_prompt"),
-                callback=callback, cache=p.get("cache"), loras=p.get("lora") or {})[0]
+                callback=callback, cache=p.get("cache"), loras=p.get("lora") or {}, image=image)[0]
         gen.fps = p["fps"]
         if self.moderator is not None:  # before anything is written: a blocked job fails with no file
             self.moderator.check_output(gen.frames, prompt=job.prompt, request_id=job.id)

@@ -1,7 +1,7 @@
 """Where outputs live under the data dir, named only by ids this service made.
 
 No path from a request ever reaches the filesystem: an id must match its pattern
-(`video_<32 hex>`, `img_<32 hex>`) before a path is built from it, and the path is the
+(`video_<32 hex>`, `img_<32 hex>`, `input_<32 hex>`) before a path is built from it, and the path is the
 data dir + a fixed subfolder + the id + a fixed suffix.
 """
 
@@ -17,6 +17,7 @@ from omnidit.files import write_atomic
 
 VIDEO_ID = re.compile(r"^video_[0-9a-f]{32}$")
 IMAGE_ID = re.compile(r"^img_[0-9a-f]{32}$")
+INPUT_ID = re.compile(r"^input_[0-9a-f]{32}$")  # a video job's start image (its params' input_reference)
 
 
 def new_video_id() -> str:
@@ -35,19 +36,25 @@ def is_image_id(s: str) -> bool:
     return bool(IMAGE_ID.match(s))
 
 
+def is_input_id(s: str) -> bool:
+    return isinstance(s, str) and bool(INPUT_ID.match(s))
+
+
 IMAGE_SUFFIXES = {".png": "image/png", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 
 
 class OutputDir:
     """`<data>/videos/<job id>.mp4` (+ `<job id>.thumb.webp`, its first frame) and
-    `<data>/images/<image id>.<png|jpeg|webp>`."""
+    `<data>/images/<image id>.<png|jpeg|webp>`; `<data>/inputs/<input id>.png`, a video job's start image,
+    written before the job is queued and removed with it."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
         self.videos = self.root / "videos"
         self.images = self.root / "images"
-        self.videos.mkdir(parents=True, exist_ok=True)
-        self.images.mkdir(parents=True, exist_ok=True)
+        self.inputs = self.root / "inputs"
+        for d in (self.videos, self.images, self.inputs):
+            d.mkdir(parents=True, exist_ok=True)
 
     def video_path(self, job_id: str) -> Path:
         if not is_video_id(job_id):
@@ -84,15 +91,30 @@ class OutputDir:
         write_atomic(self.image_path(image_id, fmt), data)
         return image_id
 
+    def input_path(self, input_id: str) -> Path:
+        if not is_input_id(input_id):
+            raise ValueError(f"not an input image id: {input_id!r}")
+        return self.inputs / f"{input_id}.png"
+
+    def save_input(self, png: bytes) -> str:
+        input_id = "input_" + secrets.token_hex(16)
+        write_atomic(self.input_path(input_id), png)
+        return input_id
+
+    def remove_input(self, input_id: str | None) -> None:
+        if input_id is not None and is_input_id(input_id):
+            self.input_path(input_id).unlink(missing_ok=True)
+
     def remove_video(self, job_id: str) -> None:
         self.video_path(job_id).unlink(missing_ok=True)
         self.thumbnail_path(job_id).unlink(missing_ok=True)
 
     def sweep_images(self, older_than_s: float, now: float | None = None) -> int:
-        """Delete images (and stale temp files) older than the retention period."""
+        """Delete images and stale temp files older than the retention period (start images go with their job)."""
         cutoff = (time.time() if now is None else now) - older_than_s
         n = 0
-        for p in list(self.images.iterdir()) + [p for p in self.videos.iterdir() if p.name.startswith(".")]:
+        stale = [p for d in (self.videos, self.inputs) for p in d.iterdir() if p.name.startswith(".")]
+        for p in list(self.images.iterdir()) + stale:
             try:
                 if p.stat().st_mtime < cutoff:
                     p.unlink(missing_ok=True)

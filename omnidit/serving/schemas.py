@@ -57,6 +57,7 @@ class ModelInfo:
     steps: int
     guidance: float
     temporal_ratio: int
+    takes_image: bool = True  # a start image (input_reference) is accepted: Pipeline.takes_image
 
     @classmethod
     def from_pipeline(cls, pipe) -> "ModelInfo":
@@ -64,7 +65,7 @@ class ModelInfo:
         return cls(id=Path(str(pipe.name)).name, name=str(pipe.name), width=c.width, height=c.height,
                    max_width=c.max_width, max_height=c.max_height, max_frames=c.max_frames,
                    size_multiple=c.size_multiple, fps=c.fps, steps=c.steps, guidance=float(c.guidance),
-                   temporal_ratio=int(pipe.vae.temporal_ratio))
+                   temporal_ratio=int(pipe.vae.temporal_ratio), takes_image=bool(pipe.takes_image))
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelInfo":
@@ -142,7 +143,10 @@ class VideoRequest(_Body):
     model: str | None = Field(None, description="one of the served models (GET /v1/models); default: the first")
     user: str | None = Field(None, max_length=256)
     input_reference: str | dict | None = Field(
-        None, description="image-to-video is not served yet: any value is refused with 422 naming this field")
+        None, description="the start image of an image-to-video job: a file upload (multipart, as the openai client "
+                          "sends it) or a data URL \"data:image/png;base64,...\" (also as {\"image_url\": ...}); "
+                          "the video's first frame, fitted to size (scaled to cover, centre-cropped); needs frames > 1; "
+                          "no http(s) URLs or file ids", examples=["data:image/png;base64,iVBORw0KGgo..."])
 
     @field_validator("seconds")
     @classmethod
@@ -272,8 +276,8 @@ def _refuse_image_fields(req: ImageRequest) -> None:
 def resolve_video(req: VideoRequest, info: ModelInfo, *, max_steps: int, loras: list[str] | None = None) -> dict:
     """The job parameters of a video request; the seed is fixed now so a retried job gives the same video."""
     check_model(req.model, info)
-    if req.input_reference is not None:
-        raise _refuse("input_reference", "image-to-video is not served yet; send a prompt alone")
+    if req.input_reference is not None and not info.takes_image:
+        raise _refuse("input_reference", f"model {info.id!r} takes no start image (it is text-to-video only)")
     width, height = parse_size(req.size, info)
     fps = info.fps if req.fps is None else req.fps
     t = info.temporal_ratio
@@ -294,6 +298,9 @@ def resolve_video(req: VideoRequest, info: ModelInfo, *, max_steps: int, loras: 
         top = (info.max_frames - 1) / fps
         raise ApiError(422, f"{param}: at most {info.max_frames} frames ({top:.2f} s at {fps} fps) for this model, "
                             f"got {frames} frames", param=param, code="invalid_value")
+    if req.input_reference is not None and frames == 1:
+        raise _refuse("input_reference", "the start image is a video's first frame: ask for frames > 1 "
+                                         "(or a still image from POST /v1/images/generations)")
     return {"width": width, "height": height, "frames": frames, "fps": fps,
             "steps": _steps(req.steps, info, max_steps),
             "guidance": info.guidance if req.guidance is None else req.guidance,

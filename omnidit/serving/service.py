@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from omnidit.safety import ContentBlocked
-from omnidit.serving import content
+from omnidit.serving import content, input_image
 from omnidit.serving.errors import ApiError
 from omnidit.serving.files import OutputDir, is_image_id, is_video_id
 from omnidit.serving.jobs import STATUSES, IdempotencyConflict, QueueFull, open_store
@@ -141,6 +141,23 @@ class Service:
             log.info("request %s blocked by the content policy (stage prompt, category %s)", request_id, e.category)
             raise content.blocked_error(e) from None
 
+    async def _start_image(self, req: VideoRequest, request_id: str) -> str | None:
+        """A video request's input_reference decoded (422 naming the field), moderated (the input hook) and
+        stored under the data dir; its id goes in the job's params. None: the request has none."""
+        if req.input_reference is None:
+            return None
+        image = await asyncio.to_thread(input_image.decode, req.input_reference)
+        if self.moderator is not None:
+            try:
+                await asyncio.to_thread(self.moderator.check_input, image, field=input_image.FIELD, prompt=req.prompt,
+                                        request_id=request_id)
+            except ContentBlocked as e:
+                self.metrics.inc("omnidit_rejected_total", reason="content_policy")
+                log.info("request %s blocked by the content policy (stage input, category %s)", request_id,
+                         e.category)
+                raise content.blocked_error(e) from None
+        return await asyncio.to_thread(self.outputs.save_input, input_image.encode_png(image))
+
     # -- images -------------------------------------------------------------------------------
     def _admit_image(self) -> None:
         if self._pending_images >= self.settings.max_pending_images:
@@ -252,6 +269,9 @@ class Service:
                            code="invalid_value")
         request_id = "req_" + secrets.token_hex(12)
         await self._moderate(req, request_id)
+        start = await self._start_image(req, request_id)
+        if start is not None:
+            params["input_reference"] = start  # the stored start image (OutputDir.inputs), removed with the job
         # The hash covers the request as sent (not the resolved params, whose seed may be random); keyed
         # when prompts are stored hashed, so the record cannot be used to test guesses of the prompt.
         body = json.dumps(req.model_dump(), sort_keys=True).encode()
@@ -262,13 +282,17 @@ class Service:
                 self.store.create, req.prompt, params, idempotency_key=idempotency_key, request_hash=digest,
                 max_queued=self.settings.max_queued_jobs, model=info.id)  # the job runs on this model's replicas
         except IdempotencyConflict:
+            self.outputs.remove_input(start)
             raise ApiError(409, "this Idempotency-Key was already used with a different request",
                            param="Idempotency-Key", code="idempotency_conflict") from None
         except QueueFull:
+            self.outputs.remove_input(start)
             self.metrics.inc("omnidit_rejected_total", reason="video_queue_full")
             raise ApiError(429, f"{self.settings.max_queued_jobs} video jobs are already queued; retry later",
                            code="queue_full", headers={"Retry-After": "30"}) from None
-        if created:
+        if not created:  # an earlier request's job, with its own start image
+            self.outputs.remove_input(start)
+        else:
             log.info("job %s queued (%dx%dx%df, %d steps)%s", job.id, params["width"], params["height"],
                      params["frames"], params["steps"], self._prompt(req.prompt))
         return job.to_api(info.id), created
@@ -325,10 +349,11 @@ class Service:
     async def delete_video(self, job_id: str) -> dict:
         """Any status: the record and its files are gone (404 afterwards); a running job stops within one
         step, as its worker's next heartbeat finds no row."""
-        await self._job(job_id)
+        job = await self._job(job_id)
         if await asyncio.to_thread(self.store.delete, job_id) is None:
             raise _not_found(job_id)
         await asyncio.to_thread(self.outputs.remove_video, job_id)
+        await asyncio.to_thread(self.outputs.remove_input, job.params.get("input_reference"))
         log.info("job %s deleted", job_id)
         return {"id": job_id, "object": "video.deleted", "deleted": True}
 
@@ -364,17 +389,41 @@ class Service:
         expired = self.store.delete_expired(now)
         for job in expired:
             self.outputs.remove_video(job.id)
+            self.outputs.remove_input(job.params.get("input_reference"))
         # Outputs whose record is gone (a crash between the two deletes) age out too.
         orphans = 0
         for p in self.outputs.videos.glob("video_*.mp4"):
             if p.stat().st_mtime < now - self.settings.retention_s and self.store.get(p.stem) is None:
                 self.outputs.remove_video(p.stem)
                 orphans += 1
+        orphans += self._sweep_inputs(now)
         images = self.outputs.sweep_images(self.settings.retention_s, now)
         if expired or orphans or images or any(reaped.values()):
             log.info("sweep: %d jobs expired, %d orphan videos, %d images removed, reaped %s", len(expired),
                      orphans, images, reaped)
         return {"expired": len(expired), "orphans": orphans, "images": images, **reaped}
+
+    def _sweep_inputs(self, now: float) -> int:
+        """Start images older than the retention period that no job references (a crash between writing
+        the file and queueing its job); a job's own is removed with the job."""
+        old = [p for p in self.outputs.inputs.glob("input_*.png")
+               if p.stat().st_mtime < now - self.settings.retention_s]
+        if not old:
+            return 0
+        used, after = set(), None
+        while True:
+            try:
+                jobs, more = self.store.list(limit=100, after=after, order="asc")
+            except KeyError:  # the page's cursor job was deleted meanwhile: try at the next sweep
+                return 0
+            used.update(j.params.get("input_reference") for j in jobs)
+            if not more or not jobs:
+                break
+            after = jobs[-1].id
+        gone = [p for p in old if p.stem not in used]
+        for p in gone:
+            self.outputs.remove_input(p.stem)
+        return len(gone)
 
     def _sweep_loop(self) -> None:
         while True:  # once at start-up, then every sweep_s

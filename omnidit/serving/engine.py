@@ -235,7 +235,8 @@ def start_worker_group(settings: ServeSettings):
         raise ValueError(f"device must be cpu or cuda for a parallel replica (worker k uses cuda:k), got {device!r}")
     config = ParallelConfig(ulysses_degree=settings.ulysses_degree, ring_degree=settings.ring_degree,
                             cfg_degree=2 if settings.cfg_parallel else 1)
-    return WorkerGroup(settings.model, config, device=device), device
+    return WorkerGroup(settings.model, config, device=device, weights=settings.weights,
+                       offload=settings.offload), device
 
 
 class GeneratorEngine:
@@ -257,7 +258,8 @@ class GeneratorEngine:
             self.info = model_info(settings.model)  # first: a bad model fails before any process starts
             self.pipe, self.device = start_worker_group(settings)
         else:
-            self.pipe = Pipeline.from_pretrained(settings.model, device=settings.device)
+            self.pipe = Pipeline.from_pretrained(settings.model, device=settings.device, weights=settings.weights,
+                                                 offload=settings.offload)
             self.info, self.device = ModelInfo.from_pipeline(self.pipe), str(self.pipe.device)
         self.pipe.set_lora_library(settings.lora_dir, settings.max_loras)  # None: requests name no adapter
         where = f"{settings.workers_per_replica} {self.device} workers" if self.parallel else self.device

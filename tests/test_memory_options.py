@@ -115,6 +115,9 @@ def test_cli_generate_weights_and_offload(bf16_model_dir, tmp_path):
             "--out", str(tmp_path / "a.png"))
     assert r.returncode == 0, r.stderr
     assert read_video(tmp_path / "a.png").shape == (1, 32, 32, 3)
+    r = run("generate", "a red circle", "--model", str(bf16_model_dir), "--parallel", "auto", "--out",
+            str(tmp_path / "c.png"))
+    assert r.returncode == 0 and "parallel auto: CPU, 1 process" in r.stderr, r.stderr
     r = run("generate", "a red circle", "--model", str(bf16_model_dir), "--weights", "int8",
             "--out", str(tmp_path / "b.png"))
     assert r.returncode == 2 and "--weights" in r.stderr and "fp8" in r.stderr and "Traceback" not in r.stderr
@@ -132,3 +135,22 @@ def test_serve_and_batch_settings_take_weights_and_offload():
         BatchConfig(prompts="p.jsonl", out="o", offload="disk")
     r = run("serve", "--weights", "fp16")
     assert r.returncode == 2 and "--weights" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_parallel_auto_applies_the_plan_to_the_gpus_found(bf16_model_dir, monkeypatch):
+    """The GPU branch of --parallel auto, with two 80 GB GPUs under torchrun faked."""
+    import argparse
+    import types
+
+    from omnidit.cli.auto_parallel import apply_plan
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(total_memory=80e9))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = argparse.Namespace(parallel="auto", model=str(bf16_model_dir), frames=1, height=None, width=None,
+                              weights=None, offload="none", ulysses_degree=1, ring_degree=1, cfg_parallel=False)
+    line = apply_plan(args, None)
+    assert line.startswith("parallel auto: 2 GPU(s) of 80 GB")
+    assert args.ulysses_degree * args.ring_degree * (2 if args.cfg_parallel else 1) == 2
+    assert (args.weights, args.offload) == ("bf16", "none")  # a tiny model fits: nothing traded away

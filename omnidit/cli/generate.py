@@ -11,6 +11,7 @@ from omnidit.cli.common import UserError, positive_int
 from omnidit.cli.compile_flags import add_compile_args
 from omnidit.cli.image_flags import add_image_arg, check_image, read_image
 from omnidit.cli.lora_flags import add_lora_args, load_loras, lora_specs
+from omnidit.cli.auto_parallel import add_auto_parallel_arg, apply_plan
 from omnidit.cli.memory_flags import add_memory_args
 from omnidit.cli.parallel_flags import add_parallel_args, start_parallel
 from omnidit.cli.safety_flags import add_safety_args, check_visible_label, moderator
@@ -41,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_image_arg(p)
     add_lora_args(p)
     add_memory_args(p)
+    add_auto_parallel_arg(p)
     add_compile_args(p)
     add_parallel_args(p)
     add_safety_args(p)
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from omnidit.pipeline import Pipeline
 
     try:
+        plan_line = apply_plan(args, device)  # --parallel auto: the planner sets the degrees, weights, offload
         parallel = start_parallel(args, device)  # None unless under torchrun with parallel flags
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -93,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UserError(str(e)) from None
         writer = parallel is None or parallel.is_output_rank
+        if plan_line and writer:
+            print(plan_line, file=sys.stderr)
         if parallel is not None and writer:
             print(f"parallel: {parallel.describe()}", file=sys.stderr)
         with tqdm(total=req.steps, desc="denoising", unit="step", file=sys.stderr, disable=not writer) as bar:

@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--decoder", action="append", default=[], metavar="VAE_DIR",
                    help="also score this VAE folder (the model's latent space) on the model's eval latents, "
                         "without sampling again; repeat for more")
+    m.add_argument("--i2v", action="store_true",
+                   help="image-to-video: --n seeded video prompts, each started from its scene's first rendered "
+                        "frame; first-frame PSNR, motion, colour and position kept, against text-to-video")
     m.add_argument("--latent-cache", default="runs/eval-latents",
                    help="--decoder: where the sampled eval latents are kept (default: %(default)s)")
     p.set_defaults(func=run)
@@ -58,8 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from omnidit.cli.eval_settings import applied, check, settings_of
 
-    modes = [flag for flag, on in (("--teacher", args.teacher), ("--decoder", args.decoder), ("--sweep", args.sweep))
-             if on]
+    modes = [flag for flag, on in (("--teacher", args.teacher), ("--decoder", args.decoder), ("--sweep", args.sweep),
+                                   ("--i2v", args.i2v)) if on]
     if len(modes) > 1:
         raise UserError(f"{' and '.join(modes)} are separate comparisons: give one")
     try:
@@ -77,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
         if teacher is not None:
             with applied(pipe, settings[0]):
                 return compare(args, pipe, teacher, sets)
+        if args.i2v:
+            from omnidit.cli.eval_i2v import run_i2v
+
+            with applied(pipe, settings[0]) as call:
+                return run_i2v(args, pipe, call)
         if args.decoder:
             from omnidit.cli.eval_decoders import run_decoders
 

@@ -1,7 +1,8 @@
-"""`omnidit train vae|cache|dit|export`: the embedded model's training stages, each resumable.
+"""`omnidit train vae|cache|dit|export|lora`: the embedded model's training stages, each resumable.
 
 Stages hand folders to each other (vae -> cache -> dit -> export), so a stage's input defaults
-are the previous stage's output, read from the training configs.
+are the previous stage's output, read from the training configs. `lora` teaches a shipped model
+a new word with an adapter (omnidit/training/lora_train.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from omnidit.cli.common import ConfigFlags, Parser, UserError
 
-HELP = "train the embedded shapes model (stages: vae, cache, dit, export)"
+HELP = "train the embedded shapes model (stages: vae, cache, dit, export) or a LoRA for it (lora)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--weights", choices=("ema", "raw"), default="ema",
                    help="the EMA weights (default) or the raw ones (better after a short run, while EMA lags)")
     e.set_defaults(func=run_export)
+
+    _add_lora(st.add_parser("lora", help="teach a shipped model a new word (a shape it never saw) with a LoRA"))
 
 
 def _add_vae(v: argparse.ArgumentParser) -> None:
@@ -109,6 +112,40 @@ def _add_dit(d: argparse.ArgumentParser, cache: str) -> None:
     c.add("--eval-n")
     c.add("--seed")
     d.set_defaults(func=run_dit, config_flags=c)
+
+
+def _add_lora(lo: argparse.ArgumentParser) -> None:
+    from omnidit.shapes.spec import NEW_SHAPES
+    from omnidit.training.lora_train import LoRATrainConfig
+
+    c = ConfigFlags(lo, LoRATrainConfig)
+    c.add("--model", help="shipped model name or model folder whose DiT the adapter is trained on")
+    c.add("--word", choices=NEW_SHAPES, help="the new word: a shape the base model was never trained on")
+    c.add("--out", help="run folder: checkpoint.pt (resumed when present), metrics.jsonl, the adapter")
+    c.add("--rank")
+    c.add("--alpha", help="LoRA alpha (default: the rank, i.e. scale 1)")
+    c.add("--steps", field="max_steps")
+    c.add("--minutes", field="max_minutes")
+    c.add("--lr")
+    c.add("--image-batch")
+    c.add("--p-word", help="share of each batch whose scene holds the new word (the rest: the base grammar)")
+    c.add("--shift", help="shift the training noise levels towards pure noise, where a shape is decided; 1 = none")
+    c.add("--checkpoint-every")
+    c.add("--seed")
+    lo.set_defaults(func=run_lora, config_flags=c)
+
+
+def run_lora(args: argparse.Namespace) -> int:
+    from omnidit.model_folder import resolve_model
+    from omnidit.training.lora_train import train_lora
+
+    try:
+        resolve_model(args.model)
+        cfg = args.config_flags.build(args)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print(train_lora(cfg))
+    return 0
 
 
 def run_vae(args: argparse.Namespace) -> int:

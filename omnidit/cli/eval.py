@@ -1,7 +1,8 @@
 """`omnidit eval`: prompt adherence of a model on the shapes world, per attribute, and its speed.
 
-Four modes share the prompts (--n seeded images and --videos videos, or --prompts) and the noise
-seeds: the model alone; the model under several sampling settings (--sweep); the model's eval
+Four modes share the prompts (--n seeded images and --videos videos, of the base grammar or of a
+new --word, or --prompts) and the noise seeds, with the model's --lora adapters if any: the model
+alone; the model under several sampling settings (--sweep); the model's eval
 latents decoded by other VAEs (--decoder); a distilled student against its teacher (--teacher).
 """
 
@@ -11,17 +12,24 @@ import argparse
 from pathlib import Path
 
 from omnidit.cli.common import UserError, bounded_int, positive_int
+from omnidit.cli.lora_flags import add_lora_args, load_loras, lora_specs
 
 HELP = "prompt adherence on the shapes world (per attribute) and seconds per sample"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from omnidit.shapes.spec import NEW_SHAPES
+
     p.add_argument("--model", default=None, help="shipped model name or folder (default: the embedded model)")
     p.add_argument("--prompts", default=None, help="a text file, one prompt per line (default: --n seeded prompts)")
     p.add_argument("--n", type=bounded_int("--n", 0), default=200, help="number of seeded random image prompts")
     p.add_argument("--videos", type=bounded_int("--videos", 0), default=None,
                    help="number of seeded random video prompts (default: --n / 4)")
     p.add_argument("--seed", type=int, default=1000, help="seed of the prompt list and of the noise")
+    p.add_argument("--word", choices=NEW_SHAPES, default=None,
+                   help="score seeded single-object prompts of this new word (a shape the base model never saw) "
+                        "instead of the base grammar's; the shape column is then that word's adherence")
+    add_lora_args(p)
     p.add_argument("--size", type=positive_int("--size"), default=64)
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=8)
     p.add_argument("--json", default=None, help="also write the results here")
@@ -70,7 +78,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     sets = prompt_sets(args)
+    lora_specs(args.lora)  # bad --lora values fail before the model is loaded
     pipe, teacher = load_models(args)
+    if args.lora:  # the adapters stay active (merged off) for every row; the teacher has none
+        load_loras(pipe, args.lora)
+        pipe.name += " + " + " + ".join(f"{name}:{scale:g}" for name, (_, scale) in lora_specs(args.lora).items())
     try:
         for setting in settings:
             check(pipe, setting)
@@ -100,6 +112,8 @@ def prompt_sets(args: argparse.Namespace) -> list[tuple[str, list[str], int]]:
     from omnidit.shapes import parse_prompt
     from omnidit.shapes.adherence import eval_sets
 
+    if args.prompts and args.word:
+        raise UserError("--prompts and --word are two prompt lists: give one")
     if args.prompts:
         path = Path(args.prompts)
         if not path.is_file():
@@ -113,7 +127,7 @@ def prompt_sets(args: argparse.Namespace) -> list[tuple[str, list[str], int]]:
         if not images:
             raise UserError(f"--prompts {args.prompts!r} has no prompts")
         return [("images", images, 1)]
-    sets = eval_sets(args.n, args.n // 4 if args.videos is None else args.videos, args.seed)
+    sets = eval_sets(args.n, args.n // 4 if args.videos is None else args.videos, args.seed, word=args.word)
     if not sets:
         raise UserError("--n and --videos are both 0: nothing to score")
     return sets

@@ -2,8 +2,8 @@
 
 Four modes share the prompts (--n seeded images and --videos videos, of the base grammar or of a
 new --word, or --prompts) and the noise seeds, with the model's --lora adapters if any: the model
-alone; the model under several sampling settings (--sweep); the model's eval
-latents decoded by other VAEs (--decoder); a distilled student against its teacher (--teacher).
+alone; the model under several sampling settings (--sweep); the model's eval latents decoded by
+other VAEs (--decoder); a distilled student against its teacher (--teacher).
 """
 
 from __future__ import annotations

@@ -143,6 +143,32 @@ def test_output_hook_fails_a_video_job_and_keeps_no_file(moderated):
     assert (row["id"], row["stage"], row["decision"]) == (job["id"], "output", "blocked")
 
 
+def test_input_hook_blocks_a_start_image_before_anything_is_queued(moderated):
+    """Image-to-video's start image (input_reference) goes through the policy's image classifier at the
+    ingress: a blocked one is a 400 naming input_reference and the category; no job, no stored image."""
+    from PIL import Image
+
+    client, service, _ = moderated
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(buf, format="PNG")
+    ref = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    before = sum(service.store.counts().values())
+    r = client.post(VID, json={"prompt": "a red ball", "frames": 5, "size": "32x32", "input_reference": ref})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "content_policy_violation" and err["param"] == "input_reference"
+    assert err["message"] == "the input_reference image was blocked by the content policy (category: nsfw)"
+    assert sum(service.store.counts().values()) == before and list(service.outputs.inputs.iterdir()) == []
+    row = _audit(service)[-1]
+    assert (row["stage"], row["decision"], row["category"], row["field"]) == ("input", "blocked", "nsfw",
+                                                                              "input_reference")
+    assert row["id"].startswith("req_") and "red ball" not in content.audit_path(service.settings).read_text()
+    # as the official client sends it: a multipart file upload
+    r = client.post(VID, data={"prompt": "a red ball", "frames": "5", "size": "32x32"},
+                    files={"input_reference": ("start.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input_reference", r.text
+
+
 def test_served_outputs_carry_both_labels(labelled):
     from PIL import Image
 

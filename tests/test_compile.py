@@ -202,3 +202,24 @@ def test_batch_compile_reaches_each_actor(tiny_model_dirs, tmp_path):
     eager = Pipeline.from_pretrained(model, device="cpu").generate("a red circle", seed=1, steps=2).frames
     got = actor.pipe.generate("a red circle", seed=1, steps=2).frames
     assert np.abs(got.astype(int) - eager.astype(int)).max() <= 1
+
+
+def test_serve_compile_reaches_the_replica(tiny_model_dirs, tmp_path):
+    from omnidit.cli import build_parser
+    from omnidit.cli.serve import settings as serve_settings
+    from omnidit.serving.engine import GeneratorEngine
+    from omnidit.serving.settings import ServeSettings
+
+    with pytest.raises(ValueError, match="compile must be one of"):
+        ServeSettings(compile="tensorrt")
+    model = tiny_model_dirs["euler"]
+    args = build_parser("serve").parse_args(["serve", "--model", model, "--compile", "aot_eager"])
+    assert serve_settings(args).compile == "aot_eager"
+    torch._dynamo.reset()
+    engine = GeneratorEngine(ServeSettings(model=model, data_dir=str(tmp_path), device="cpu", compile="aot_eager"))
+    try:
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        engine.pipe.generate("a red circle", seed=1, steps=2)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > before  # the blocks ran compiled
+    finally:
+        engine.close()

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from omnidit.cli.common import DEFAULT_HOST, SERVICE_PORT, ConfigFlags, UserError, port_number
+from omnidit.cli.compile_flags import add_compile_args
 from omnidit.cli.memory_flags import add_memory_args
 from omnidit.cli.parallel_flags import add_parallel_args
 
@@ -44,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_parallel_args(p, "parallel replicas (K = U x R x (2 if --cfg-parallel) worker processes per replica; "
                          "one GPU each with CUDA, else gloo on CPU)")
     add_memory_args(p, s)
+    add_compile_args(p, s)
     s.add("--max-batch-size", help="image requests per batch; 1 = no batching")
     p.add_argument("--batch-wait-ms", type=float, default=ServeSettings.batch_wait_s * 1000,
                    help="how long a batch waits to fill (default: %(default)s)")

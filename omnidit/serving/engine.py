@@ -236,7 +236,7 @@ def start_worker_group(settings: ServeSettings):
     config = ParallelConfig(ulysses_degree=settings.ulysses_degree, ring_degree=settings.ring_degree,
                             cfg_degree=2 if settings.cfg_parallel else 1)
     return WorkerGroup(settings.model, config, device=device, weights=settings.weights,
-                       offload=settings.offload), device
+                       offload=settings.offload, compile=settings.compile), device
 
 
 class GeneratorEngine:
@@ -260,6 +260,8 @@ class GeneratorEngine:
         else:
             self.pipe = Pipeline.from_pretrained(settings.model, device=settings.device, weights=settings.weights,
                                                  offload=settings.offload)
+            if settings.compile:  # regional torch.compile; the replica's first request of each size compiles
+                self.pipe.compile(settings.compile)
             self.info, self.device = ModelInfo.from_pipeline(self.pipe), str(self.pipe.device)
         self.pipe.set_lora_library(settings.lora_dir, settings.max_loras)  # None: requests name no adapter
         where = f"{settings.workers_per_replica} {self.device} workers" if self.parallel else self.device

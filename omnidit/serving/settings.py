@@ -50,6 +50,7 @@ class ServeSettings:
     cfg_parallel: bool = False
     weights: str | None = None  # the DiT's storage: fp8 | bf16 | fp32; None = the compute dtype (pipeline_memory.py)
     offload: str = "none"  # none | blocks: DiT blocks streamed to the GPU, encoders and VAE parked on the host
+    compile: str | None = None  # regional torch.compile backend of each replica's DiT (dit/compile.py); None = eager
     ingress_replicas: int = 1
     max_batch_size: int = 8  # image requests per @serve.batch call; 1 turns batching off
     batch_wait_s: float = 0.02  # how long a batch waits to fill
@@ -117,6 +118,10 @@ class ServeSettings:
         from omnidit.pipeline_memory import check_memory
 
         check_memory(self.weights, self.offload)
+        from omnidit.dit.compile import BACKENDS
+
+        if self.compile is not None and self.compile not in BACKENDS:
+            raise ValueError(f"compile must be one of {BACKENDS} (or None), got {self.compile!r}")
         if not isinstance(self.cfg_parallel, bool):
             raise ValueError(f"cfg_parallel must be true or false, got {self.cfg_parallel!r}")
         if self.max_batch_images < self.max_images:

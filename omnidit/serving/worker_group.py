@@ -52,7 +52,10 @@ def _worker_main(rank, world, port, model, config, device, dtype, inbox, outbox,
         state = init_parallel(config, rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}",
                               device=dev, timeout_s=timeout_s)
         runtime = ParallelRuntime(state)
+        backend = memory.pop("compile", None)
         pipe = Pipeline.from_pretrained(model, device=dev, dtype=dtype, parallel=runtime, **memory)
+        if backend:  # every rank compiles its blocks; the SP attention hook stays eager (dit/compile.py)
+            pipe.compile(backend)
     except Exception as e:
         outbox.put(("failed", None, rank, f"{type(e).__name__}: {e}"))
         return
@@ -91,7 +94,7 @@ class WorkerGroup:
 
     def __init__(self, model: str, config: ParallelConfig, *, device: str = "cpu", dtype=None,
                  start_timeout_s: float = 600.0, collective_timeout_s: float = 600.0, weights: str | None = None,
-                 offload: str = "none"):
+                 offload: str = "none", compile: str | None = None):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda' (one GPU per worker), got {device!r}")
         ctx = mp.get_context("spawn")
@@ -106,7 +109,7 @@ class WorkerGroup:
             ctx.Process(target=_worker_main, daemon=True, name=f"omnidit-worker-{r}",
                         args=(r, config.world_size, port, model, config, device, dtype, self._inboxes[r],
                               self._outbox, self._cancel, collective_timeout_s,
-                              {"weights": weights, "offload": offload}))
+                              {"weights": weights, "offload": offload, "compile": compile}))
             for r in range(config.world_size)
         ]
         for p in self._procs:

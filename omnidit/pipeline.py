@@ -424,5 +424,6 @@ class Pipeline:
         from omnidit.tokenizers.vae import frames_to_uint8
 
         with pipeline_memory.on_device(self.vae, self.device, self.offload):
-            video = self.vae.decode(latents)  # [B, 3, F, H, W] in [-1, 1]
+            axis = self.parallel.state.world if self.parallel is not None else None  # tiles split across ranks
+            video = self.vae.decode(latents, axis=axis)  # [B, 3, F, H, W] in [-1, 1]
         return frames_to_uint8(video).cpu().numpy()

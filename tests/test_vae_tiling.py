@@ -12,7 +12,7 @@ from test_parallel_dit import free_port
 from tiny_hunyuan import make_tiny_vae
 from tolerances import FP32_REL, assert_frames_close, rel_err
 
-from omnidit.tokenizers.vae import frames_to_uint8
+from omnidit.tokenizers.vae import VideoVAE, frames_to_uint8
 from omnidit.tokenizers.vae_tiling import Tiles, tiled_decode, tiled_encode
 
 # Small tiles so a small video is cut in time and space: 32x32 pixel tiles every 24, 8-frame windows every 4.
@@ -79,7 +79,9 @@ def _decode_worker(rank: int, port: int, out_dir: str) -> None:
         z = _latents(PARALLEL_SHAPE)
         with torch.no_grad():
             got = tiled_decode(vae, z, Tiles.of(vae), axis=state.world)
+            wrapped = VideoVAE(vae, auto_tiling_pixels=None).decode(z, axis=state.world)  # the Pipeline's path
         np.save(os.path.join(out_dir, f"rank{rank}.npy"), got.numpy())
+        np.save(os.path.join(out_dir, f"wrapped{rank}.npy"), wrapped.numpy())
     finally:
         import torch.distributed as dist
 
@@ -92,6 +94,8 @@ def test_parallel_decode_equals_one_process(vae, tmp_path):
     z = _latents(PARALLEL_SHAPE)
     with torch.no_grad():
         want = tiled_decode(vae, z, Tiles.of(vae)).numpy()
+        one = VideoVAE(vae, auto_tiling_pixels=None).decode(z)  # one process: diffusers' own tiled decode
     for rank in range(2):
         got = np.load(tmp_path / f"rank{rank}.npy")
         assert np.array_equal(got, want), rank  # the same pieces, blended the same way: bit-equal
+        assert rel_err(torch.from_numpy(np.load(tmp_path / f"wrapped{rank}.npy")), one) <= FP32_REL

@@ -166,8 +166,11 @@ class VideoVAE:
         return z * self.scaling_factor
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents (scaled) [B, C, F', H', W'] -> video [B, 3, 1 + t(F'-1), s H', s W'] in [-1, 1]."""
+    def decode(self, latents: torch.Tensor, *, axis=None) -> torch.Tensor:
+        """Latents (scaled) [B, C, F', H', W'] -> video [B, 3, 1 + t(F'-1), s H', s W'] in [-1, 1].
+
+        `axis` (omnidit/parallel/state.py, K > 1 processes): a decode that tiles is split tile by tile
+        across them (vae_tiling.py, HunyuanVideo's VAE), with the same frames as one process's."""
         if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
             raise ValueError(
                 f"latents must be [B, {self.latent_channels}, F, H, W], got shape {tuple(latents.shape)}"
@@ -177,6 +180,11 @@ class VideoVAE:
         s = self.spatial_ratio
         tiled = self._auto_tiling(z.shape[-2] * z.shape[-1] * s * s)
         try:
+            split = axis is not None and axis.world_size > 1 and self.vae.use_tiling
+            if split and hasattr(self.vae, "post_quant_conv"):  # HunyuanVideo's VAE (1.5's tiles its own way)
+                from omnidit.tokenizers.vae_tiling import Tiles, tiled_decode
+
+                return tiled_decode(self.vae, z, Tiles.of(self.vae), axis=axis)  # [B, 3, F, H, W]
             return self.vae.decode(z).sample  # [B, 3, F, H, W]
         finally:
             if tiled:

@@ -67,7 +67,8 @@ class ModelMemory:
         total = sum(p.numel() for p in m.parameters())
         largest = max(sum(p.numel() for p in b.parameters()) for b in [*m.transformer_blocks,
                                                                         *m.single_transformer_blocks])
-        return cls(largest_block=largest / blocks, block_params=blocks, fp8_params=sum(x.weight.numel() for x in linears),
+        return cls(largest_block=largest / blocks, block_params=blocks,
+                   fp8_params=sum(x.weight.numel() for x in linears),
                    fp8_rows=sum(x.out_features for x in linears), other_params=total - blocks,
                    blocks=config.num_layers + config.num_single_layers, **rest)
 

@@ -36,6 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="--sweep: keep the rows an earlier run wrote to --json and score only the rest")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu (the machine BENCHMARKS.md reports) or cuda")
+    from omnidit.cli.memory_flags import WEIGHTS_HELP
+    from omnidit.dit.fp8 import WEIGHTS
+
+    p.add_argument("--weights", choices=WEIGHTS, default=None, help=WEIGHTS_HELP)
     p.add_argument("--text-encoder", default=None,
                    help="a local sentence-encoder folder to use instead of the models' own (offline GPU boxes)")
 
@@ -141,7 +145,7 @@ def load_models(args: argparse.Namespace):
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")
-    load = dict(device=args.device, text_encoder=args.text_encoder)
+    load = dict(device=args.device, text_encoder=args.text_encoder, weights=args.weights)
     try:
         pipe = Pipeline.from_pretrained(args.model, **load)
         teacher = Pipeline.from_pretrained(args.teacher, **load) if args.teacher else None

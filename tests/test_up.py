@@ -34,8 +34,14 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_up_starts_service_and_demo_and_stops_both(tmp_path, sig):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(("sig", "sigint_ignored"), [(signal.SIGINT, False), (signal.SIGTERM, False),
+                                                     (signal.SIGTERM, True)],
+                         ids=["SIGINT", "SIGTERM", "SIGTERM-started-with-SIGINT-ignored"])
+def test_up_starts_service_and_demo_and_stops_both(tmp_path, sig, sigint_ignored):
     if (why := serve_unavailable_reason()) is not None:
         pytest.skip(why)
     model = make_tiny_model_dir(tmp_path / "model")
@@ -44,7 +50,8 @@ def test_up_starts_service_and_demo_and_stops_both(tmp_path, sig):
     cmd = [sys.executable, "-m", "omnidit", "up", "--model", str(model), "--port", str(api_port),
            "--demo-port", str(demo_port), "--data-dir", str(tmp_path / "data")]
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), start_new_session=True,
+                                preexec_fn=_ignore_sigint if sigint_ignored else None)
     try:
         deadline = time.monotonic() + 300
         while f"demo: http://127.0.0.1:{demo_port}" not in log.read_text():
@@ -64,7 +71,11 @@ def test_up_starts_service_and_demo_and_stops_both(tmp_path, sig):
         children = [p for p in _session_pids(proc.pid) if p != proc.pid]
         assert children, "omnidit up started no child processes"
         os.kill(proc.pid, sig)  # SIGINT: what Ctrl-C sends; SIGTERM: what supervisors send
+        t0 = time.monotonic()
         assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
+        # children shut down on the SIGINT `up` sends (an inherited SIG_IGN would leave them to the
+        # 30 s kill fallback)
+        assert time.monotonic() - t0 < 25, log.read_text()[-3000:]
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=5)
         with pytest.raises(httpx.HTTPError):

@@ -58,6 +58,13 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
+def _child_signals() -> None:
+    """Run in each child before exec: Ctrl-C handling back to default, in case `up` itself was
+    started with SIGINT ignored (a shell's background job), which children would inherit and
+    then ignore the SIGINT `_stop` sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _stop(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
@@ -91,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     procs: list[subprocess.Popen] = []
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        procs.append(subprocess.Popen(serve, env=env))
+        procs.append(subprocess.Popen(serve, env=env, preexec_fn=_child_signals))
         print(f"starting the service at {api} ...", flush=True)
         if not _wait_healthy(api, procs[0], args.startup_timeout):
             code = procs[0].poll()
@@ -99,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"the service did not become healthy at {api}"
                             + (f" (it exited with code {code})" if code is not None else ""))
         demo = me + ["demo", "--api", api, "--host", args.host, "--port", str(args.demo_port)]
-        procs.append(subprocess.Popen(demo, env=env))
+        procs.append(subprocess.Popen(demo, env=env, preexec_fn=_child_signals))
         print(f"\n  API:  {api}   (docs: {api}/docs)\n  demo: http://{args.host}:{args.demo_port}\n"
               "  Ctrl-C stops both.\n", flush=True)
         while all(p.poll() is None for p in procs):

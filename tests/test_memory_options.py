@@ -154,3 +154,16 @@ def test_parallel_auto_applies_the_plan_to_the_gpus_found(bf16_model_dir, monkey
     assert line.startswith("parallel auto: 2 GPU(s) of 80 GB")
     assert args.ulysses_degree * args.ring_degree * (2 if args.cfg_parallel else 1) == 2
     assert (args.weights, args.offload) == ("bf16", "none")  # a tiny model fits: nothing traded away
+
+
+def test_serve_parallel_auto_on_cpu_is_one_process(capsys):
+    from test_parallel_dit import free_port
+
+    from omnidit.cli import build_parser
+    from omnidit.cli.serve import settings
+
+    args = build_parser("serve").parse_args(["serve", "--parallel", "auto", "--device", "cpu", "--port",
+                                             str(free_port())])
+    s = settings(args)
+    assert (s.ulysses_degree, s.ring_degree, s.cfg_parallel) == (1, 1, False)
+    assert "parallel auto: CPU, 1 process" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from omnidit.cli.common import DEFAULT_HOST, SERVICE_PORT, ConfigFlags, UserError, port_number
 from omnidit.cli.compile_flags import add_compile_args
+from omnidit.cli.auto_parallel import add_auto_parallel_arg, apply_plan
 from omnidit.cli.memory_flags import add_memory_args
 from omnidit.cli.parallel_flags import add_parallel_args
 
@@ -45,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_parallel_args(p, "parallel replicas (K = U x R x (2 if --cfg-parallel) worker processes per replica; "
                          "one GPU each with CUDA, else gloo on CPU)")
     add_memory_args(p, s)
+    add_auto_parallel_arg(p)
     add_compile_args(p, s)
     s.add("--max-batch-size", help="image requests per batch; 1 = no batching")
     p.add_argument("--batch-wait-ms", type=float, default=ServeSettings.batch_wait_s * 1000,
@@ -81,6 +83,13 @@ def settings(args: argparse.Namespace) -> ServeSettings:
     try:
         for model in args.model or [default_model()]:  # a wrong --model fails here, in one line, before Ray starts
             resolve_model(model)
+        if args.parallel == "auto":  # one replica's degrees from the plan of the first model on this machine's GPUs
+            import torch
+
+            dev = torch.device(args.device) if args.device else None
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() and args.device != "cpu" else 1
+            line = apply_plan(args, dev, model=(args.model or [default_model()])[0], gpus=max(1, gpus))
+            print(f"omnidit serve: {line}", file=sys.stderr)
         workers = args.ulysses_degree * args.ring_degree * (2 if args.cfg_parallel else 1)
         gpus = args.gpus_per_replica
         if gpus is None:

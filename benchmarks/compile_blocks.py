@@ -55,32 +55,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
 
-    eager = DiT.from_pretrained(open_model(args.model).transformer_dir).eval()
+    eager = DiT.from_pretrained(open_model(args.model).transformer_dir).float().eval()  # fp32, as on CPU
     compiled = copy.deepcopy(eager)
     compile_blocks(compiled, backend=args.backend)
     print(f"{args.model} DiT, {args.backend}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| input | eager s/step | compiled first call s | compile s (first - steady) | compiled s/step "
-          "| speed-up | rel. diff |")
+    print("| input | eager s/step (CPU s) | compiled first call s (CPU s) | compile s (first - steady) "
+          "| compiled s/step (CPU s) | speed-up wall (CPU) | rel. diff |")
     print("|---|---|---|---|---|---|---|")
     with torch.no_grad():
         for label, rows, grid in [*SHAPES, (SHAPES[0][0].replace("x8", "x6"), 12, SHAPES[0][2])]:
             x = inputs(eager, rows, grid)
-            first_wall, _, out_c = timed(functools.partial(compiled, *x))
+            first_wall, first_cpu, out_c = timed(functools.partial(compiled, *x))
             eager(*x)  # warm-up
-            walls: dict[str, list[float]] = {"eager": [], "compiled": []}
+            wall: dict[str, list[float]] = {"eager": [], "compiled": []}
+            cpu: dict[str, list[float]] = {"eager": [], "compiled": []}
             for _ in range(args.repeats):  # interleaved: load from other processes hits both alike
                 for name, model in (("eager", eager), ("compiled", compiled)):
-                    wall, _, out = timed(functools.partial(model, *x))
-                    walls[name].append(wall)
+                    w, c, out = timed(functools.partial(model, *x))
+                    wall[name].append(w)
+                    cpu[name].append(c)
                     if name == "eager":
                         out_e = out
                     else:
                         out_c = out
-            e, c = statistics.median(walls["eager"]), statistics.median(walls["compiled"])
+            (we, wc), (ce, cc) = ((statistics.median(t["eager"]), statistics.median(t["compiled"])) for t in (wall, cpu))
             diff = float((out_c - out_e).norm() / out_e.norm())
-            print(f"| {label}, {rows} rows, grid {grid} | {e:.3f} | {first_wall:.1f} | {first_wall - c:.1f} "
-                  f"| {c:.3f} | {e / c:.2f}x | {diff:.1e} |", flush=True)
-
+            print(f"| {label}, {rows} rows, grid {grid} | {we:.3f} ({ce:.3f}) | {first_wall:.1f} ({first_cpu:.1f}) "
+                  f"| {first_wall - wc:.1f} | {wc:.3f} ({cc:.3f}) | {we / wc:.2f}x ({ce / cc:.2f}x) | {diff:.1e} |",
+                  flush=True)
 
 if __name__ == "__main__":
     main()

@@ -120,6 +120,36 @@ def test_plan_groups_chunks_and_skips_finished(tmp_path):
     assert plan_job(parsed, rows, tmp_path, model="other", batch_size=2).skipped == 0  # new model: redo
 
 
+def test_resuming_with_other_weights_or_adapters_regenerates(tmp_path):
+    """The job-wide settings that change outputs (weights, the --lora set and its file) are in the
+    fingerprint: resuming a folder with other ones redoes items instead of mixing outputs."""
+    from omnidit.batch.runner import BatchConfig, job_variant
+
+    item = parse_line(json.dumps({"id": "a", "prompt": "p"}), 1)
+    (tmp_path / "a.png").write_bytes(b"x")
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(b"one")
+
+    def cfg(**kw):
+        return BatchConfig(prompts=tmp_path / "p.jsonl", out=tmp_path, **kw)
+
+    def skipped(first: BatchConfig, then: BatchConfig) -> int:
+        rows = [{"id": "a", "status": "ok", "path": "a.png", "key": item.fingerprint("m", job_variant(first))}]
+        return plan_job(ParsedPrompts([item], []), rows, tmp_path, model="m", batch_size=1,
+                        variant=job_variant(then)).skipped
+
+    assert job_variant(cfg()) == {}  # defaults: the fingerprints of older jobs are unchanged
+    assert item.fingerprint("m", job_variant(cfg())) == item.fingerprint("m")
+    assert skipped(cfg(), cfg()) == 1
+    assert skipped(cfg(), cfg(weights="fp8")) == 0
+    with_lora = cfg(loras={"style": [str(lora), 1.0]})
+    assert skipped(cfg(), with_lora) == 0
+    assert skipped(with_lora, cfg(loras={"style": [str(lora), 0.5]})) == 0
+    before = job_variant(with_lora)
+    lora.write_bytes(b"two")  # the same name, retrained
+    assert job_variant(with_lora) != before
+
+
 # ---- jobs on Ray -------------------------------------------------------------------------------
 
 

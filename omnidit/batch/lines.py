@@ -70,8 +70,9 @@ class BatchItem:
              "lora": self.lora}
         return p if self.image is None else {**p, "image": self.image}
 
-    def fingerprint(self, model: str) -> str:
-        """What the output depends on: a rerun skips an id only when this is unchanged."""
+    def fingerprint(self, model: str, variant: dict | None = None) -> str:
+        """What the output depends on: a rerun skips an id only when this is unchanged. `variant`: the
+        job-wide settings that change outputs (runner.job_variant: weights, the --lora set)."""
         d = asdict(self)
         d.pop("line")  # moving a line within the file does not change its output
         if d["cache"] is None:
@@ -79,7 +80,7 @@ class BatchItem:
         for key in ("lora", "image", "image_sha1"):
             if d[key] is None:
                 d.pop(key)  # likewise lines without a lora or an image
-        return _sha1({"item": d, "model": model})
+        return _sha1({"item": d, "model": model, **({"variant": variant} if variant else {})})
 
     def to_dict(self) -> dict:
         return asdict(self)

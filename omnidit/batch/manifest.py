@@ -64,12 +64,13 @@ def reported_line_errors(rows: list[dict]) -> set[tuple[int, str]]:
 
 
 def item_row(item: BatchItem, *, model: str, run: str, status: str, params: dict | None = None,
-             path: str | None = None, seconds: float | None = None, error: str | None = None) -> dict:
+             path: str | None = None, seconds: float | None = None, error: str | None = None,
+             variant: dict | None = None) -> dict:
     return {
         "id": item.id, "line": item.line, "status": status, "stage": "generate", "prompt": item.prompt,
         "params": params if params is not None else item.params(), "seed": item.seed, "path": path,
         "seconds": None if seconds is None else round(seconds, 4), "error": error, "model": model,
-        "key": item.fingerprint(model), "run": run, "time": round(time.time(), 3),
+        "key": item.fingerprint(model, variant), "run": run, "time": round(time.time(), 3),
     }
 
 

@@ -37,8 +37,8 @@ def chunk_items(items: list[BatchItem], batch_size: int) -> list[list[BatchItem]
 
 
 def plan_job(parsed: ParsedPrompts, rows: list[dict], out_dir: str | Path, *, model: str,
-             batch_size: int) -> Plan:
-    fingerprints = {it.id: it.fingerprint(model) for it in parsed.items}
+             batch_size: int, variant: dict | None = None) -> Plan:
+    fingerprints = {it.id: it.fingerprint(model, variant) for it in parsed.items}
     done = finished_ids(rows, out_dir, fingerprints)
     todo = {it.id for it in parsed.items} - done
     chunks = [c for c in chunk_items(parsed.items, batch_size) if any(it.id in todo for it in c)]

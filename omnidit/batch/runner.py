@@ -119,19 +119,21 @@ def run_batch(cfg: BatchConfig, *, on_row: Callable[[dict], None] | None = None)
     model = model_identity(cfg.model)
     parsed = parse_prompts(cfg.prompts, temporal_ratio=open_model(model).temporal_ratio, loras=_lora_names(cfg))
     parsed = moderate_prompts(parsed, moderator(safety_options(cfg), "prompt"), model)  # before any work
+    variant = job_variant(cfg)
     manifest_path = out / MANIFEST_NAME
     run = uuid.uuid4().hex[:8]
     ok = failed = 0
     with ManifestWriter(manifest_path) as manifest:  # locked before reading: one job per folder
         remove_stale_temp_files(out)
-        plan = plan_job(parsed, read_manifest(manifest_path), out, model=model, batch_size=cfg.batch_size)
+        plan = plan_job(parsed, read_manifest(manifest_path), out, model=model, batch_size=cfg.batch_size,
+                        variant=variant)
         for err in plan.new_errors:
             row = line_error_row(err, run=run)
             manifest.write(row)
             if on_row:
                 on_row(row)
         if plan.todo:
-            with contextlib.closing(_generate(plan, cfg, model, run, out)) as results:  # Ray shut down on error
+            with contextlib.closing(_generate(plan, cfg, model, run, out, variant)) as results:  # Ray shut down on error
                 for row in results:
                     manifest.write(row)
                     ok += row["status"] == "ok"
@@ -143,6 +145,24 @@ def run_batch(cfg: BatchConfig, *, on_row: Callable[[dict], None] | None = None)
                         seconds=time.perf_counter() - t0, manifest=manifest_path)
 
 
+def job_variant(cfg: BatchConfig) -> dict:
+    """Job-wide settings that change outputs, part of each item's fingerprint, so resuming a folder with
+    other weights or another --lora set regenerates instead of mixing outputs. Empty for the defaults,
+    so the fingerprints of jobs run before these settings existed are unchanged."""
+    v: dict = {}
+    if cfg.weights is not None:
+        v["weights"] = cfg.weights
+    if cfg.loras:  # {name: [path, scale]}: the adapter file's bytes as well as its scale
+        v["loras"] = {name: [_file_sha1(path), scale] for name, (path, scale) in sorted(cfg.loras.items())}
+    return v
+
+
+def _file_sha1(path) -> str:
+    import hashlib
+
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
 def _lora_names(cfg: BatchConfig) -> list[str]:
     """Adapters a line may name: the --lora files' and those of lora_dir."""
     from omnidit.pipeline_lora import lora_names
@@ -150,7 +170,7 @@ def _lora_names(cfg: BatchConfig) -> list[str]:
     return sorted(set(cfg.loras or {}) | set(lora_names(cfg.lora_dir) if cfg.lora_dir else []))
 
 
-def _generate(plan: Plan, cfg: BatchConfig, model: str, run: str, out: Path):
+def _generate(plan: Plan, cfg: BatchConfig, model: str, run: str, out: Path, variant: dict):
     """Yield one manifest row per item to do, as results stream back; files written before rows."""
     import ray
     from tqdm import tqdm
@@ -176,7 +196,7 @@ def _generate(plan: Plan, cfg: BatchConfig, model: str, run: str, out: Path):
                         row["path"] = item.filename
                     except OSError as e:
                         row.update(status="error", params=None, error=f"could not write {item.filename}: {e}")
-                yield item_row(item, model=model, run=run, **row)
+                yield item_row(item, model=model, run=run, variant=variant, **row)
                 bar.update(1)
     finally:
         if started:

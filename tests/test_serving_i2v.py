@@ -272,3 +272,16 @@ def test_a_model_without_image_input_refuses_it_and_big_uploads_are_413():
     with pytest.raises(ApiError) as e:
         input_image.data_url(b"\0" * (input_image.MAX_INPUT_BYTES + 1), "image/png")
     assert e.value.status == 413 and e.value.param == "input_reference"
+
+
+def test_the_document_says_a_form_takes_the_start_image_as_a_file(env):
+    client, _, _ = env
+    doc = client.get("/openapi.json").json()
+    content = doc["paths"][VID]["post"]["requestBody"]["content"]
+    assert content["application/json"]["schema"]["$ref"].endswith("/VideoRequest")
+    form = doc["components"]["schemas"][content["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]]
+    branches = form["properties"]["input_reference"]["anyOf"]
+    assert {"type": "string", "format": "binary"}.items() <= branches[0].items()
+    # the deployment's limits hold for the form body as for JSON
+    assert form["properties"]["steps"] == doc["components"]["schemas"]["VideoRequest"]["properties"]["steps"]
+    assert "40" in form["properties"]["steps"]["description"]

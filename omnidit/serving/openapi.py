@@ -42,6 +42,7 @@ def openapi_document(app, settings: ServeSettings, infos: list[ModelInfo] | None
         for name, d in js.pop("$defs", {}).items():
             schemas.setdefault(name, d)
         schemas[model.__name__] = js
+    _multipart_video_request(doc, schemas)
     image, video = schemas["ImageRequest"]["properties"], schemas["VideoRequest"]["properties"]
     for props in (image, video):
         _set(props["steps"], "integer", maximum=settings.max_steps)
@@ -71,6 +72,23 @@ def openapi_document(app, settings: ServeSettings, infos: list[ModelInfo] | None
         f"for {i.id} at {i.fps} fps (its default) at most {_longest(i):g} s, at another fps seconds * fps + 1 "
         f"must stay within {i.max_frames} frames" for i in infos)
     return doc
+
+
+def _multipart_video_request(doc: dict, schemas: dict) -> None:
+    """As a form, `input_reference` is a file upload (what the openai client sends) or a data URL
+    string; the multipart body gets its own schema saying so. It shares `VideoRequest`'s property
+    objects, so the deployment limits set on them below apply to both."""
+    form = {**schemas["VideoRequest"], "title": "VideoRequestForm",
+            "properties": dict(schemas["VideoRequest"]["properties"])}
+    ref = form["properties"]["input_reference"]
+    form["properties"]["input_reference"] = {
+        "anyOf": [{"type": "string", "format": "binary", "description": "an image file (png, jpeg, webp)"},
+                  {"type": "string", "description": "a data URL"}],
+        "description": ref.get("description", "")}
+    schemas["VideoRequestForm"] = form
+    body = doc.get("paths", {}).get("/v1/videos", {}).get("post", {}).get("requestBody", {})
+    if "multipart/form-data" in body.get("content", {}):
+        body["content"]["multipart/form-data"]["schema"] = {"$ref": "#/components/schemas/VideoRequestForm"}
 
 
 def _longest(info: ModelInfo) -> float:

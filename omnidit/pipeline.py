@@ -151,6 +151,11 @@ class Pipeline:
         image through the training-free first-frame condition (pipeline_image.py)."""
         return True
 
+    @property
+    def needs_image(self) -> bool:
+        """Whether every request must bring a start image (an image-to-video-only model)."""
+        return False
+
     def check_image(self, image):
         """`image` as the model takes it (None: no image); `RequestError("image", ...)` when the model takes
         none. Here: one image for every prompt or a list with one per prompt -> pipeline_image.StartImages."""

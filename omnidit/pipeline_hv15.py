@@ -123,6 +123,10 @@ class HunyuanVideo15Pipeline(Pipeline):
     def takes_image(self) -> bool:
         return self.settings.task == "i2v"
 
+    @property
+    def needs_image(self) -> bool:
+        return self.settings.task == "i2v"
+
     def check_image(self, image):
         """The start image as an RGB PIL image (image-to-video needs one; text-to-video takes none)."""
         from omnidit.tokenizers.image_input import load_image

@@ -206,8 +206,15 @@ def test_i2v_frames_match_diffusers(i2v_dir, i2v_pipe, start_image):
     assert_frames_close(gen.frames, ref)
 
 
-def test_image_argument_is_checked(t2v_pipe, i2v_pipe, start_image):
+def test_image_argument_is_checked(t2v_pipe, i2v_pipe, start_image, i2v_dir):
+    from omnidit.serving.engine import model_info
+    from omnidit.serving.schemas import ModelInfo
+
     assert i2v_pipe.takes_image and not t2v_pipe.takes_image
+    # an i2v folder needs its image: the service refuses a request without one before queueing it
+    assert i2v_pipe.needs_image and not t2v_pipe.needs_image
+    assert ModelInfo.from_pipeline(i2v_pipe).needs_image and model_info(str(i2v_dir)).needs_image
+    assert not ModelInfo.from_pipeline(t2v_pipe).needs_image
     for pipe, image in ((t2v_pipe, start_image), (i2v_pipe, None), (i2v_pipe, "no/such/file.png")):
         with pytest.raises(RequestError) as e:
             pipe.generate("a red cat", frames=1, steps=1, seed=0, image=image)

@@ -285,3 +285,19 @@ def test_the_document_says_a_form_takes_the_start_image_as_a_file(env):
     # the deployment's limits hold for the form body as for JSON
     assert form["properties"]["steps"] == doc["components"]["schemas"]["VideoRequest"]["properties"]["steps"]
     assert "40" in form["properties"]["steps"]["description"]
+
+
+def test_an_image_to_video_only_model_refuses_requests_without_an_image_before_queueing():
+    from omnidit.serving.schemas import ImageRequest, resolve_image
+
+    info = ModelInfo(id="i2v", name="i2v", width=32, height=32, max_width=64, max_height=64, max_frames=17,
+                     size_multiple=16, fps=8, steps=2, guidance=1.0, temporal_ratio=4, needs_image=True)
+    with pytest.raises(ApiError) as e:
+        resolve_video(VideoRequest(prompt="x", frames=5), info, max_steps=10)
+    assert e.value.status == 422 and e.value.param == "input_reference" and "image-to-video" in str(e.value)
+    with pytest.raises(ApiError) as e:
+        resolve_image(ImageRequest(prompt="x"), info, max_images=4, max_steps=10)
+    assert e.value.status == 422 and e.value.param == "model"
+    ok = resolve_video(VideoRequest(prompt="x", frames=5, input_reference="data:image/png;base64,AAAA"), info,
+                       max_steps=10)
+    assert ok["frames"] == 5

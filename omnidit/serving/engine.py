@@ -212,15 +212,15 @@ def model_info(model: str | None) -> ModelInfo:
     folder = open_model(model)
     c = folder.sampling(read_config(folder.transformer_dir).guidance_embeds)
     name = folder.name  # as Pipeline names it
-    takes_image = True  # the 1.0 family: the training-free first-frame condition (pipeline_image.py)
+    takes_image, needs_image = True, False  # the 1.0 family: the training-free first-frame condition
     if folder.family == "hunyuanvideo15":
         from omnidit.pipeline_hv15 import HV15Settings
 
-        takes_image = HV15Settings.from_folder(folder).task == "i2v"
+        takes_image = needs_image = HV15Settings.from_folder(folder).task == "i2v"
     return ModelInfo(id=Path(name).name, name=name, width=c.width, height=c.height, max_width=c.max_width,
                      max_height=c.max_height, max_frames=c.max_frames, size_multiple=c.size_multiple, fps=c.fps,
                      steps=c.steps, guidance=float(c.guidance), temporal_ratio=folder.temporal_ratio,
-                     takes_image=takes_image)
+                     takes_image=takes_image, needs_image=needs_image)
 
 
 def start_worker_group(settings: ServeSettings):

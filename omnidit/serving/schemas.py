@@ -58,6 +58,7 @@ class ModelInfo:
     guidance: float
     temporal_ratio: int
     takes_image: bool = True  # a start image (input_reference) is accepted: Pipeline.takes_image
+    needs_image: bool = False  # an image-to-video-only model (a HunyuanVideo-1.5 i2v folder): Pipeline.needs_image
 
     @classmethod
     def from_pipeline(cls, pipe) -> "ModelInfo":
@@ -65,7 +66,8 @@ class ModelInfo:
         return cls(id=Path(str(pipe.name)).name, name=str(pipe.name), width=c.width, height=c.height,
                    max_width=c.max_width, max_height=c.max_height, max_frames=c.max_frames,
                    size_multiple=c.size_multiple, fps=c.fps, steps=c.steps, guidance=float(c.guidance),
-                   temporal_ratio=int(pipe.vae.temporal_ratio), takes_image=bool(pipe.takes_image))
+                   temporal_ratio=int(pipe.vae.temporal_ratio), takes_image=bool(pipe.takes_image),
+                   needs_image=bool(pipe.needs_image))
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelInfo":
@@ -217,6 +219,9 @@ def resolve_image(req: ImageRequest, info: ModelInfo, *, max_images: int, max_st
                   loras: list[str] | None = None) -> dict:
     """The generator payload for an image request: every default filled in (`loras`: the adapters served)."""
     check_model(req.model, info)
+    if info.needs_image:
+        raise _refuse("model", f"model {info.id!r} is image-to-video only: use POST /v1/videos with an "
+                               "input_reference")
     if req.n > max_images:
         raise ApiError(422, f"n must be in [1, {max_images}] on this service, got {req.n}", param="n",
                        code="invalid_value")
@@ -278,6 +283,8 @@ def resolve_video(req: VideoRequest, info: ModelInfo, *, max_steps: int, loras: 
     check_model(req.model, info)
     if req.input_reference is not None and not info.takes_image:
         raise _refuse("input_reference", f"model {info.id!r} takes no start image (it is text-to-video only)")
+    if req.input_reference is None and info.needs_image:
+        raise _refuse("input_reference", f"model {info.id!r} is image-to-video: send its start image")
     width, height = parse_size(req.size, info)
     fps = info.fps if req.fps is None else req.fps
     t = info.temporal_ratio

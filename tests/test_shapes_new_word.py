@@ -49,7 +49,7 @@ def test_cross_prompts_round_trip_with_paraphrases():
         for text in (prompt_for(spec, paraphrase=False), prompt_for(spec, rng)):
             assert parse_prompt(text).semantics() == spec.semantics(), text
     assert parse_prompt("a big red plus on a gray background").objects[0].shape == "cross"
-    prompts, frames, specs = random_batch(rng, 4, frames=1, size=32, word="cross")
+    _, frames, specs = random_batch(rng, 4, frames=1, size=32, word="cross")
     assert frames.shape == (4, 1, 32, 32, 3) and all(s.objects[0].shape == "cross" for s in specs)
 
 

@@ -102,7 +102,7 @@ def parallel_worker(rank: int, ports: list[int], out_dir: str) -> None:
         f.write("\n".join(lines))
 
 
-@pytest.mark.timeout(900)  # 42 s at load average 3 on the 2-core VM, ~13 min at load 19 (dynamo in 2 processes)
+@pytest.mark.timeout(900)  # 33-42 s at load average 3 on the 2-core VM, ~13 min at load 19 (dynamo in 2 processes)
 def test_compiled_sequence_parallel_cached_trajectory_equals_one_eager_process(tmp_path):
     mp.spawn(parallel_worker, args=([free_port() for _ in PARALLEL_CASES], str(tmp_path)), nprocs=2, join=True)
     assert len((tmp_path / "rank0.txt").read_text().splitlines()) == len(PARALLEL_CASES)

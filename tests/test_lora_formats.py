@@ -184,3 +184,28 @@ def test_unknown_or_incomplete_keys_fail_loudly():
     with pytest.raises(ValueError, match="DoRA"):
         ours.load_lora({**good, "transformer.transformer_blocks.0.attn.to_q.lora_magnitude_vector": b[:, 0]})
     assert not any("LoRA" in type(m).__name__ for m in ours.modules())  # nothing was half-loaded
+
+
+def test_hunyuanvideo15_adapter_on_every_linear_matches_diffusers(tmp_path):
+    """A diffusers/PEFT LoRA for HunyuanVideo-1.5 (its module names are ours): every Linear, embedders
+    included, against diffusers' HunyuanVideo15Transformer3DModel.load_lora_adapter on the same file."""
+    from test_dit_hv15 import make_inputs as hv15_inputs
+    from test_dit_hv15 import pair as hv15_pair
+
+    ref, ours = hv15_pair("i2v")
+    g = torch.Generator().manual_seed(3)
+    tensors = {}
+    for name, m in ours.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            tensors[f"transformer.{name}.lora_A.weight"] = 0.3 * torch.randn(3, m.in_features, generator=g)
+            tensors[f"transformer.{name}.lora_B.weight"] = 0.3 * torch.randn(m.out_features, 3, generator=g)
+    save_file(tensors, tmp_path / "hv15.safetensors")
+    inputs = hv15_inputs(ours.config, (3, 3, 5), [5, 2], 6, [1, 4], 4, image=True)
+    with torch.no_grad():
+        base = ours(**inputs)
+        ours.load_lora(tmp_path / "hv15.safetensors", scale=0.7)
+        ref.load_lora_adapter(str(tmp_path / "hv15.safetensors"), prefix="transformer", adapter_name="a")
+        ref.set_adapters(["a"], weights=[0.7])
+        got, want = ours(**inputs), ref(**inputs, return_dict=False)[0]
+    assert rel_err(got, base) > 1e-2
+    assert rel_err(got, want) <= FP32_REL

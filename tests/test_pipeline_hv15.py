@@ -226,3 +226,21 @@ def test_image_argument_is_checked(t2v_pipe, i2v_pipe, start_image, i2v_dir):
     # A size of one's own: the image is fitted (scaled to cover, centre-cropped) to it.
     assert i2v_pipe.generate("a red cat", frames=1, height=48, width=32, steps=1, seed=0,
                              image=start_image).frames.shape == (1, 48, 32, 3)
+
+
+def test_a_lora_per_request_on_a_15_folder(t2v_pipe):
+    """Adapters on the 1.5 DiT (diffusers/PEFT names): applied per request, off again without a reload."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for n, m in t2v_pipe.dit.named_modules():
+        if isinstance(m, torch.nn.Linear) and n.startswith("transformer_blocks."):
+            tensors[f"transformer.{n}.lora_A.weight"] = 0.5 * torch.randn(2, m.in_features, generator=g)
+            tensors[f"transformer.{n}.lora_B.weight"] = 0.5 * torch.randn(m.out_features, 2, generator=g)
+    name = t2v_pipe.load_lora(tensors, name="hv15-style")
+    try:
+        kw = dict(frames=1, steps=2, seed=0, height=32, width=48)
+        plain, styled = (t2v_pipe.generate("a red cat", loras=lo, **kw).frames for lo in ({}, {name: 1.0}))
+        assert np.abs(plain.astype(int) - styled.astype(int)).mean() > 2
+        assert np.array_equal(t2v_pipe.generate("a red cat", loras={}, **kw).frames, plain)
+    finally:
+        t2v_pipe.dit.unload_lora(name)

@@ -100,6 +100,16 @@ def _no_progress_bars() -> Iterator[None]:
         progress_bar_states.update(hub_states)
 
 
+ENCODER_DIRS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+
+
+def _require_encoder_dirs(path: Path, family: str) -> None:
+    """A pipeline folder's two text encoders and their tokenizers must be there."""
+    missing = [d for d in ENCODER_DIRS if not (path / d).is_dir()]
+    if missing:
+        raise ValueError(f"path {str(path)!r} is not a {family} pipeline folder: missing {missing}")
+
+
 def _load_tokenizer(pipeline_dir: Path, name: str) -> Any:
     """Load pipeline_dir/name with the class model_index.json names (what diffusers would use),
     falling back to AutoTokenizer, so both sides tokenize identically."""
@@ -194,9 +204,7 @@ class HunyuanTextEncoder(TextEncoder):
         from transformers import CLIPTextModel, LlamaModel
 
         path = Path(path)
-        missing = [d for d in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2") if not (path / d).is_dir()]
-        if missing:
-            raise ValueError(f"path {str(path)!r} is not a HunyuanVideo pipeline folder: missing {missing}")
+        _require_encoder_dirs(path, "HunyuanVideo")
         dkw = _dtype_kwargs(dtype)
         llama = LlamaModel.from_pretrained(path / "text_encoder", local_files_only=True, **dkw)
         clip = CLIPTextModel.from_pretrained(path / "text_encoder_2", local_files_only=True, **dkw)

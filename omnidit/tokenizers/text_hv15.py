@@ -21,7 +21,13 @@ from typing import Any
 
 import torch
 
-from omnidit.tokenizers.text import TextEmbeddings, TextEncoder, _dtype_kwargs, _load_tokenizer
+from omnidit.tokenizers.text import (
+    TextEmbeddings,
+    TextEncoder,
+    _dtype_kwargs,
+    _load_tokenizer,
+    _require_encoder_dirs,
+)
 
 # The system turn of HunyuanVideo-1.5's chat template (with the published runs of spaces).
 HV15_SYSTEM_MESSAGE = (" " * 9).join([
@@ -75,9 +81,7 @@ class HunyuanVideo15TextEncoder(TextEncoder):
         from transformers import Qwen2_5_VLTextModel, T5EncoderModel
 
         path = Path(path)
-        missing = [d for d in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2") if not (path / d).is_dir()]
-        if missing:
-            raise ValueError(f"path {str(path)!r} is not a HunyuanVideo-1.5 pipeline folder: missing {missing}")
+        _require_encoder_dirs(path, "HunyuanVideo-1.5")
         dkw = _dtype_kwargs(dtype)
         qwen = Qwen2_5_VLTextModel.from_pretrained(path / "text_encoder", local_files_only=True, **dkw)
         byt5 = T5EncoderModel.from_pretrained(path / "text_encoder_2", local_files_only=True, **dkw)

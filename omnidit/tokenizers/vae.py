@@ -142,13 +142,18 @@ class VideoVAE:
         return True
 
     # -- encode / decode -------------------------------------------------------------------
+    def _split(self, axis) -> bool:
+        """Whether a call under `axis` cuts its tiles across K > 1 processes (only a call that tiles)."""
+        return axis is not None and axis.world_size > 1 and self.vae.use_tiling
+
     @torch.no_grad()
     def encode(
-        self, video: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
+        self, video: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None, axis=None
     ) -> torch.Tensor:
         """[B, 3, F, H, W] in [-1, 1] -> latents [B, C, F', H', W'] * scaling_factor.
 
         sample=False takes the posterior mean; sample=True draws from it with `generator`.
+        `axis` (K > 1 processes): an encode that tiles is split tile by tile across them, as `decode`.
         """
         if video.ndim != 5:
             raise ValueError(f"video must be 5-D [B, 3, F, H, W], got shape {tuple(video.shape)}")
@@ -157,8 +162,16 @@ class VideoVAE:
         _, _, f, h, w = video.shape
         self.validate(int(f), int(h), int(w))
         tiled = self._auto_tiling(h * w)
+        x = video.to(device=self.device, dtype=self.dtype)
         try:
-            posterior = self.vae.encode(video.to(device=self.device, dtype=self.dtype)).latent_dist
+            if self._split(axis):
+                from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+                from omnidit.tokenizers.vae_tiling import tiled_encode, tiles_of
+
+                posterior = DiagonalGaussianDistribution(tiled_encode(self.vae, x, tiles_of(self.vae), axis=axis))
+            else:
+                posterior = self.vae.encode(x).latent_dist
         finally:
             if tiled:
                 self.vae.use_tiling = False
@@ -170,7 +183,7 @@ class VideoVAE:
         """Latents (scaled) [B, C, F', H', W'] -> video [B, 3, 1 + t(F'-1), s H', s W'] in [-1, 1].
 
         `axis` (omnidit/parallel/state.py, K > 1 processes): a decode that tiles is split tile by tile
-        across them (vae_tiling.py, HunyuanVideo's VAE), with the same frames as one process's."""
+        across them (vae_tiling.py, both VAEs), with the same frames as one process's."""
         if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
             raise ValueError(
                 f"latents must be [B, {self.latent_channels}, F, H, W], got shape {tuple(latents.shape)}"
@@ -180,11 +193,10 @@ class VideoVAE:
         s = self.spatial_ratio
         tiled = self._auto_tiling(z.shape[-2] * z.shape[-1] * s * s)
         try:
-            split = axis is not None and axis.world_size > 1 and self.vae.use_tiling
-            if split and hasattr(self.vae, "post_quant_conv"):  # HunyuanVideo's VAE (1.5's tiles its own way)
-                from omnidit.tokenizers.vae_tiling import Tiles, tiled_decode
+            if self._split(axis):
+                from omnidit.tokenizers.vae_tiling import tiled_decode, tiles_of
 
-                return tiled_decode(self.vae, z, Tiles.of(self.vae), axis=axis)  # [B, 3, F, H, W]
+                return tiled_decode(self.vae, z, tiles_of(self.vae), axis=axis)  # [B, 3, F, H, W]
             return self.vae.decode(z).sample  # [B, 3, F, H, W]
         finally:
             if tiled:

@@ -1,28 +1,47 @@
-"""Tiled (and parallel) decode and encode for HunyuanVideo's causal video VAE.
+"""Tiled (and parallel) decode and encode for HunyuanVideo's causal video VAEs (1.0 and 1.5).
 
 A video is cut into overlapping windows in time and, within each, overlapping tiles in space;
 each piece goes through the VAE alone (bounded activation memory), and neighbours are blended
 with linear ramps over their overlap, in raster order (each tile with its already-blended upper
 and left neighbours; each time window with the already-blended previous one), then cropped to the
-stride. The geometry and the blend are those of diffusers' `AutoencoderKLHunyuanVideo` with
-`enable_tiling()` (same tile settings, same output up to float rounding).
+stride. Each VAE's geometry is one settings class: `Tiles` is diffusers' `AutoencoderKLHunyuanVideo`
+with `enable_tiling()` (tiles and strides in pixels/frames, time windows too), `Tiles15` is
+`AutoencoderKLHunyuanVideo15`'s (pixel and latent tile sizes and an overlap fraction, space only);
+with the same settings the output is diffusers' up to float rounding. `tiles_of(vae)` picks.
 
 Parallel: the pieces are independent, so with an `Axis` of K processes (omnidit/parallel/state.py)
 piece n is computed by process n mod K, the pieces are all-gathered (padded to a common shape, so
 it works on gloo and NCCL alike) and every process blends the same result.
 
-    video = tiled_decode(vae, z, Tiles.of(vae))            # one process
-    video = tiled_decode(vae, z, Tiles.of(vae), axis=st.world)   # split across the processes
+    video = tiled_decode(vae, z, tiles_of(vae))                # one process
+    video = tiled_decode(vae, z, tiles_of(vae), axis=st.world)   # split across the processes
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 Piece = tuple[int, int, int]  # (time window, tile row, tile column)
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One axis of the cut: input windows of `window` every `stride`; outputs blended over `blend`
+    and cropped to `crop` (time: the first window keeps one frame more, later ones drop their first)."""
+
+    window: int
+    stride: int
+    blend: int
+    crop: int
+    active: bool
+
+    def slices(self, n: int, extra: int = 0) -> list[slice]:
+        if not self.active:
+            return [slice(0, n)]
+        return [slice(s, s + self.window + extra) for s in range(0, n, self.stride)]
 
 
 @dataclass(frozen=True)
@@ -54,22 +73,80 @@ class Tiles:
                    vae.tile_sample_stride_height, vae.tile_sample_stride_width, vae.tile_sample_stride_num_frames,
                    spatial=vae.use_tiling if spatial is None else spatial, temporal=vae.use_framewise_decoding)
 
+    def axes(self, shape, *, latent_in: bool, r: int, tr: int) -> tuple[_Axis, _Axis, _Axis]:
+        """The (time, height, width) axes of a decode (`latent_in`) or an encode of input `shape [B, C, T, H, W]`."""
+        _, _, T, H, W = shape
+        if latent_in:  # windows in latents, blends and crops in pixels/frames
+            wt, st, wh, sh, ww, sw = (self.frames // tr, self.stride_frames // tr, self.height // r,
+                                      self.stride_height // r, self.width // r, self.stride_width // r)
+            bt, ct = self.frames - self.stride_frames, self.stride_frames
+            bh, ch = self.height - self.stride_height, self.stride_height
+            bw, cw = self.width - self.stride_width, self.stride_width
+        else:  # windows in pixels/frames, blends and crops in latents
+            wt, st, wh, sh, ww, sw = (self.frames, self.stride_frames, self.height, self.stride_height,
+                                      self.width, self.stride_width)
+            bt, ct = self.frames // tr - self.stride_frames // tr, self.stride_frames // tr
+            bh, ch = self.height // r - self.stride_height // r, self.stride_height // r
+            bw, cw = self.width // r - self.stride_width // r, self.stride_width // r
+        spatial = self.spatial and (W > ww or H > wh)
+        t = _Axis(wt, st, bt, ct, self.temporal and T > wt)
+        return t, _Axis(wh, sh, bh, ch, spatial), _Axis(ww, sw, bw, cw, spatial)
+
 
 @dataclass(frozen=True)
-class _Axis:
-    """One axis of the cut: input windows of `window` every `stride`; outputs blended over `blend`
-    and cropped to `crop` (time: the first window keeps one frame more, later ones drop their first)."""
+class Tiles15:
+    """HunyuanVideo-1.5's tile settings (diffusers' `AutoencoderKLHunyuanVideo15` fields `tile_sample_min_*`,
+    `tile_latent_min_*`, `tile_overlap_factor`): spatial tiles only, every frame in each tile."""
 
-    window: int
-    stride: int
-    blend: int
-    crop: int
-    active: bool
+    height: int = 256
+    width: int = 256
+    latent_height: int = 16
+    latent_width: int = 16
+    overlap: float = 0.25  # the fraction of a tile blended with its neighbour
+    spatial: bool = True  # diffusers' use_tiling
 
-    def slices(self, n: int, extra: int = 0) -> list[slice]:
-        if not self.active:
-            return [slice(0, n)]
-        return [slice(s, s + self.window + extra) for s in range(0, n, self.stride)]
+    def __post_init__(self) -> None:
+        for name in ("height", "width", "latent_height", "latent_width"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"tile {name} must be an integer >= 1, got {v!r}")
+        if isinstance(self.overlap, bool) or not isinstance(self.overlap, (int, float)) or not 0 <= self.overlap < 1:
+            raise ValueError(f"tile overlap must be a number in [0, 1), got {self.overlap!r}")
+
+    @classmethod
+    def of(cls, vae, *, spatial: bool | None = None) -> Tiles15:
+        """The settings a diffusers 1.5 VAE holds (`enable_tiling(...)` sets them); `spatial` defaults to its use_tiling."""
+        return cls(vae.tile_sample_min_height, vae.tile_sample_min_width, vae.tile_latent_min_height,
+                   vae.tile_latent_min_width, float(vae.tile_overlap_factor),
+                   spatial=vae.use_tiling if spatial is None else spatial)
+
+    def _side(self, name: str, sample: int, latent: int, *, latent_in: bool, r: int) -> _Axis:
+        """One spatial axis, with diffusers' rounding: stride int(window (1 - f)), blend int(tile f)."""
+        f = self.overlap
+        window, other = (latent, sample) if latent_in else (sample, latent)  # input tile, output tile
+        stride, blend = int(window * (1 - f)), int(other * f)
+        crop = other - blend  # what each tile keeps: it must be the input stride, in output units
+        if stride < 1 or (crop != stride * r if latent_in else crop * r != stride):
+            raise ValueError(
+                f"tile settings {name}={sample}, latent_{name}={latent}, overlap={f} do not cut a {r}x VAE's "
+                f"{'decode' if latent_in else 'encode'} evenly (input stride {stride}, kept {crop} per tile); "
+                f"use {name} = {r} * latent_{name} and an overlap that makes both whole numbers, e.g. 0.25")
+        return _Axis(window, stride, blend, crop, True)
+
+    def axes(self, shape, *, latent_in: bool, r: int, tr: int) -> tuple[_Axis, _Axis, _Axis]:
+        """The (time, height, width) axes of a decode (`latent_in`) or an encode of input `shape [B, C, T, H, W]`."""
+        _, _, _, H, W = shape
+        h = self._side("height", self.height, self.latent_height, latent_in=latent_in, r=r)
+        w = self._side("width", self.width, self.latent_width, latent_in=latent_in, r=r)
+        spatial = self.spatial and (W > w.window or H > h.window)
+        no_time = _Axis(1, 1, 0, 1, False)  # the 1.5 VAE never cuts time
+        return no_time, replace(h, active=spatial), replace(w, active=spatial)
+
+
+def tiles_of(vae, *, spatial: bool | None = None) -> Tiles | Tiles15:
+    """The tile settings of either diffusers VAE (the 1.5 one is the one with an overlap factor)."""
+    cls = Tiles15 if hasattr(vae, "tile_overlap_factor") else Tiles
+    return cls.of(vae, spatial=spatial)
 
 
 def _ramp_blend(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> torch.Tensor:
@@ -159,43 +236,25 @@ def _assemble(raw: dict, t: _Axis, h: _Axis, w: _Axis, size: tuple[int, int, int
     return torch.cat(kept, dim=2)[:, :, : size[0]]
 
 
-def _axes(tiles: Tiles, shape, *, latent_in: bool, r: int, tr: int) -> tuple[_Axis, _Axis, _Axis]:
-    """The three axes of a decode (`latent_in`) or an encode of input `shape [B, C, T, H, W]`."""
-    _, _, T, H, W = shape
-    if latent_in:  # windows in latents, blends and crops in pixels/frames
-        wt, st, wh, sh, ww, sw = (tiles.frames // tr, tiles.stride_frames // tr, tiles.height // r,
-                                  tiles.stride_height // r, tiles.width // r, tiles.stride_width // r)
-        bt, ct = tiles.frames - tiles.stride_frames, tiles.stride_frames
-        bh, ch = tiles.height - tiles.stride_height, tiles.stride_height
-        bw, cw = tiles.width - tiles.stride_width, tiles.stride_width
-    else:  # windows in pixels/frames, blends and crops in latents
-        wt, st, wh, sh, ww, sw = (tiles.frames, tiles.stride_frames, tiles.height, tiles.stride_height,
-                                  tiles.width, tiles.stride_width)
-        bt, ct = tiles.frames // tr - tiles.stride_frames // tr, tiles.stride_frames // tr
-        bh, ch = tiles.height // r - tiles.stride_height // r, tiles.stride_height // r
-        bw, cw = tiles.width // r - tiles.stride_width // r, tiles.stride_width // r
-    spatial = tiles.spatial and (W > ww or H > wh)
-    t = _Axis(wt, st, bt, ct, tiles.temporal and T > wt)
-    return t, _Axis(wh, sh, bh, ch, spatial), _Axis(ww, sw, bw, cw, spatial)
-
-
-def tiled_decode(vae, z: torch.Tensor, tiles: Tiles | None = None, *, axis=None) -> torch.Tensor:
+def tiled_decode(vae, z: torch.Tensor, tiles: Tiles | Tiles15 | None = None, *, axis=None) -> torch.Tensor:
     """Unscaled latents `[B, C, T', H', W']` -> video `[B, 3, 1 + tr (T'-1), r H', r W']`, piece by piece."""
-    tiles = tiles or Tiles.of(vae, spatial=True)
+    tiles = tiles or tiles_of(vae, spatial=True)
     r, tr = int(vae.config.spatial_compression_ratio), int(vae.config.temporal_compression_ratio)
-    t, h, w = _axes(tiles, z.shape, latent_in=True, r=r, tr=tr)
+    t, h, w = tiles.axes(z.shape, latent_in=True, r=r, tr=tr)
     plan = _plan(z, t, h, w)
-    raw = _compute(lambda piece: vae.decoder(vae.post_quant_conv(piece)), z, plan, axis)
+    post = getattr(vae, "post_quant_conv", None)  # 1.0 has one; 1.5's decoder takes the latents as they are
+    raw = _compute(lambda piece: vae.decoder(post(piece) if post is not None else piece), z, plan, axis)
     _, _, T, H, W = z.shape
     return _assemble(raw, t, h, w, ((T - 1) * tr + 1, H * r, W * r))
 
 
-def tiled_encode(vae, x: torch.Tensor, tiles: Tiles | None = None, *, axis=None) -> torch.Tensor:
+def tiled_encode(vae, x: torch.Tensor, tiles: Tiles | Tiles15 | None = None, *, axis=None) -> torch.Tensor:
     """Video `[B, 3, T, H, W]` -> the posterior's moments `[B, 2C, T', H', W']` (diffusers' `_encode`)."""
-    tiles = tiles or Tiles.of(vae, spatial=True)
+    tiles = tiles or tiles_of(vae, spatial=True)
     r, tr = int(vae.config.spatial_compression_ratio), int(vae.config.temporal_compression_ratio)
-    t, h, w = _axes(tiles, x.shape, latent_in=False, r=r, tr=tr)
+    t, h, w = tiles.axes(x.shape, latent_in=False, r=r, tr=tr)
     plan = _plan(x, t, h, w)
-    raw = _compute(lambda piece: vae.quant_conv(vae.encoder(piece)), x, plan, axis)
+    quant = getattr(vae, "quant_conv", None)  # 1.0 has one; 1.5's encoder gives the moments itself
+    raw = _compute(lambda piece: quant(vae.encoder(piece)) if quant is not None else vae.encoder(piece), x, plan, axis)
     _, _, T, H, W = x.shape
     return _assemble(raw, t, h, w, ((T - 1) // tr + 1, H // r, W // r))

@@ -3,12 +3,18 @@
 Per GPU, in bytes (b = 2 for bf16):
     DiT weights   blocks x (1 byte + scales if fp8, else b) + the rest x b; under offload="blocks" only
                   the rest plus two resident groups of two blocks each stay on the GPU
-    activations   the communication model's (planner.estimate): activation_factor x (n + T) x D x b per
-                  sample, plus the whole sequence once at embed, plus ring buffers
+    activations   the communication model's formula (planner.estimate) with the measured ACTIVATION_FACTOR:
+                  ACTIVATION_FACTOR x (n + T) x D x b per sample, plus the whole sequence once at embed, plus
+                  ring buffers
     text encoders their stored bytes while they encode (parked on the host under offload)
-    VAE decode    weights + the live activations of one piece: VAE_LIVE x C0 x frames x pixels x b for the
-                  whole video untiled, or for one tile (16+1 frames, 256x256) tiled, plus the output video
-                  (and, tiled, the decoded pieces awaiting their blend: TILE_OVERLAP x the video)
+    VAE decode    weights + the live activations of one piece: VAE_LIVE x C0 x frames x pixels x b, for one
+                  temporal window (16+1 frames: diffusers' default framewise decode, on in every decode here)
+                  of whole frames untiled, or of one 256x256 tile tiled; plus the output video and the decoded
+                  pieces awaiting their blend (the video x their overlap: 16/12 in time past one window,
+                  (256/192)^2 in space when tiled)
+
+Checked against measured peaks of small CPU configs (benchmarks/planner_memory.py,
+tests/test_planner_memory.py): activations and VAE decode within 25%.
 
 The phases run one after another, so the peak is the largest phase, not the sum:
     denoise = DiT + activations (+ text encoders unless parked), decode = DiT + VAE decode.
@@ -22,10 +28,21 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from omnidit.parallel.planner import Hardware, PlanRow, Workload, plan
+from omnidit.parallel.planner import estimate as planner_estimate
+from omnidit.parallel.state import ParallelConfig
 
 GIB = 2**30
-VAE_LIVE = 4.0  # live full-resolution feature maps at the decoder's last up-block (in, out, norm, conv)
-TILE_OVERLAP = (256 / 192) ** 2 * (16 / 12)  # decoded pieces / video, with the default tile settings
+# Live [tokens, D] tensors at a block's peak, measured (benchmarks/planner_memory.py: 18.6 per token with the
+# embed's sequence, fp32 and bf16): the end of a single-stream block holds the pre-concat stream, x, h, q, k,
+# v, the attention output, the MLP (m D), the concat ((1 + m) D), its projection and the residual sum:
+# 10 + 2m = 18 for m = 4 (the planner's default of 24 was 1.3x the measured peak).
+ACTIVATION_FACTOR = 18.0
+# Live C0-channel full-resolution maps per pixel at the decode's peak, measured (11.0-11.5 on the CPU): the
+# first full-resolution resnet holds its 2 C0-channel upsampled input (kept for the shortcut), its SiLU, the
+# causal pad's copy and the convolution's reordered copy (8), plus the C0 output and its copies.
+VAE_LIVE = 11.0
+WINDOW_FRAMES, WINDOW_OVERLAP = 17, 16 / 12  # diffusers' temporal windows: 16 + 1 frames every 12
+TILE, TILE_OVERLAP = 256, (256 / 192) ** 2  # spatial tiles: 256x256 every 192
 PCIE_GB_S = 25.0  # host -> GPU copies of offloaded blocks (pinned memory)
 
 
@@ -117,18 +134,28 @@ def dit_bytes(m: ModelMemory, weights: str, offload: str, b: int = 2) -> float:
 
 
 def vae_decode_bytes(m: ModelMemory, frames: int, height: int, width: int, tiled: bool, b: int = 2) -> float:
-    """Weights + one piece's live activations + the output video (+ the decoded pieces before blending:
-    the video times the tiles' overlap, 256/192 per side and 16/12 in time, when tiled)."""
-    piece_frames, piece_pixels = (17, 256 * 256) if tiled else (frames, height * width)
-    live = VAE_LIVE * m.vae_channels * min(frames, piece_frames) * min(height * width, piece_pixels) * b
-    video = 3 * frames * height * width * b
-    return m.vae_params * b + live + video * (1 + (TILE_OVERLAP if tiled else 0))
+    """Weights + one piece's live activations + the output video + the decoded pieces before their blend
+    (none when the video is one piece)."""
+    pixels = height * width
+    windowed, split = frames > WINDOW_FRAMES, tiled and max(height, width) > TILE
+    piece = min(frames, WINDOW_FRAMES) * (min(height, TILE) * min(width, TILE) if tiled else pixels)
+    live = VAE_LIVE * m.vae_channels * piece * b
+    video = 3 * frames * pixels * b
+    overlap = (WINDOW_OVERLAP if windowed else 1) * (TILE_OVERLAP if split else 1)
+    pieces = overlap if windowed or split else 0  # a video of one piece is that piece
+    return m.vae_params * b + live + video * (1 + pieces)
+
+
+def activation_bytes(w: Workload, config: ParallelConfig, hw: Hardware = Hardware()) -> float:
+    """The DiT forward's activations on each GPU: the planner's formula with ACTIVATION_FACTOR."""
+    row = planner_estimate(w, config, replace(hw, activation_factor=ACTIVATION_FACTOR))
+    return row.memory_gb * GIB - w.params * w.bytes_per_el  # the planner's memory less its weights
 
 
 def estimate(m: ModelMemory, w: Workload, row: PlanRow, *, weights: str, offload: str, tiled: bool,
              frames: int, height: int, width: int, hw: Hardware) -> MemoryPlan:
     dit = dit_bytes(m, weights, offload)
-    act = row.memory_gb * GIB - w.params * w.bytes_per_el  # the planner's activation part
+    act = activation_bytes(w, row.config, hw)
     text = 0.0 if offload == "blocks" else m.text_encoder_bytes
     vae = vae_decode_bytes(m, frames, height, width, tiled)
     peak = max(dit + act, text + (dit if offload == "none" else 0.0), dit + vae)

@@ -5,9 +5,12 @@ itself untouched and adds, for each active adapter,
 
     y = base(x) + scale * up(down(x))     down [r, in], up [out, r], scale = file scale * user scale
 
-where the file scale is alpha / r (PEFT, kohya) and the user scale comes from `set_loras`. Scales
-live in 0-dim buffers updated in place, so changing a scale never changes a compiled graph; the
-set of active adapters is a tuple the forward loops over.
+where the file scale is alpha / r (PEFT, kohya) and the user scale comes from `set_loras`. At
+inference `set_loras` packs a layer's active adapters into one low-rank pair (downs stacked along
+the rank, scales folded into the ups): the forward is then the same two matmuls whichever adapters
+and scales are active, so under torch.compile a swap or a scale change is new buffer values, not a
+new graph (a new total rank recompiles once, after which the rank is a dynamic size). Trainable
+adapters are never packed: their forward loops over them so gradients reach each one.
 
 The wrapper's state dict is its base's (same keys as without LoRA; adapters are never in it), so
 `save_pretrained`, checkpoints and `load_state_dict` see the plain model. Merged mode adds the
@@ -84,6 +87,9 @@ class LoRALinear(nn.Module):
         self.active: tuple[str, ...] = ()  # adapters added in forward (not those merged)
         self.merged: tuple[str, ...] = ()  # adapters fused into base.weight
         self._original: torch.Tensor | None = None  # host copy of base.weight while merged
+        # the active adapters as one pair (`pack`): down [R, in], up [out, R] with scales folded in
+        self.register_buffer("packed_down", None, persistent=False)
+        self.register_buffer("packed_up", None, persistent=False)
         self._register_load_state_dict_pre_hook(self._base_keys)
 
     @property
@@ -105,12 +111,35 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)  # [..., out]
+        if self.packed_down is not None:
+            out, flat = y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1])  # [T, out], [T, in]
+            down, up = self.packed_down, self.packed_up
+            if down.dtype != x.dtype:
+                down, up = down.to(x.dtype), up.to(x.dtype)
+            return out.addmm_(F.linear(flat, down), up.t()).view(y.shape)  # + up(down(x)), [R] inner
         if not self.active:
             return y
         out, flat = y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1])  # [T, out], [T, in]
         for name in self.active:
             out = self.adapters[name].add_to(out, flat)
         return out.view(y.shape)
+
+    @torch.no_grad()
+    def pack(self) -> None:
+        """(Re)build the packed pair from the active adapters at their current scales; none when
+        nothing is active or an active adapter is trainable (its forward must reach its parameters)."""
+        adapters = [self.adapters[n] for n in self.active]
+        if not adapters or any(p.requires_grad for a in adapters for p in a.parameters()):
+            self.packed_down = self.packed_up = None
+            return
+        down = torch.cat([a.down for a in adapters])  # [R, in]
+        up = torch.cat([a.up * a.scale.to(a.up.dtype) for a in adapters], dim=1)  # [out, R]
+        old = self.packed_down
+        if old is not None and old.shape == down.shape and old.dtype == down.dtype and old.device == down.device:
+            self.packed_down.copy_(down)  # same tensors: a swap or a scale change is new values only
+            self.packed_up.copy_(up)
+        else:
+            self.packed_down, self.packed_up = down, up
 
     # The wrapper is invisible to state dicts: keys are the base's own, at the wrapper's prefix.
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
@@ -136,6 +165,7 @@ class LoRALinear(nn.Module):
         delta = sum(self.adapters[n].delta() for n in names)  # [out, in] fp32
         w.copy_((w.float() + delta.to(w.device)).to(w.dtype))
         self.merged, self.active = names, ()
+        self.pack()
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -258,6 +288,7 @@ def set_loras(dit: nn.Module, scales: Mapping[str, float] | None, *, merge: bool
         for n in names:
             layer.adapters[n].set_user_scale(scales[n])
         layer.active = names
+        layer.pack()
         if merge:
             layer.merge(names)
     st.active, st.merged = scales, merge and bool(scales)

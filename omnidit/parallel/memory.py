@@ -3,9 +3,9 @@
 Per GPU, in bytes (b = 2 for bf16):
     DiT weights   blocks x (1 byte + scales if fp8, else b) + the rest x b; under offload="blocks" only
                   the rest plus two resident groups of two blocks each stay on the GPU
-    activations   the communication model's formula (planner.estimate) with the measured ACTIVATION_FACTOR:
-                  ACTIVATION_FACTOR x (n + T) x D x b per sample, plus the whole sequence once at embed, plus
-                  ring buffers
+    activations   the communication model's formula (planner.estimate) with its measured
+                  Hardware.activation_factor: that many x (n + T) x D x b per sample, plus the whole sequence
+                  once at embed, plus ring buffers
     text encoders their stored bytes while they encode (parked on the host under offload)
     VAE decode    weights + the live activations of one piece: VAE_LIVE x C0 x frames x pixels x b, for one
                   temporal window (16+1 frames: diffusers' default framewise decode, on in every decode here)
@@ -32,11 +32,6 @@ from omnidit.parallel.planner import estimate as planner_estimate
 from omnidit.parallel.state import ParallelConfig
 
 GIB = 2**30
-# Live [tokens, D] tensors at a block's peak, measured (benchmarks/planner_memory.py: 18.6 per token with the
-# embed's sequence, fp32 and bf16): the end of a single-stream block holds the pre-concat stream, x, h, q, k,
-# v, the attention output, the MLP (m D), the concat ((1 + m) D), its projection and the residual sum:
-# 10 + 2m = 18 for m = 4 (the planner's default of 24 was 1.3x the measured peak).
-ACTIVATION_FACTOR = 18.0
 # Live C0-channel full-resolution maps per pixel at the decode's peak, measured (11.0-11.5 on the CPU): the
 # first full-resolution resnet holds its 2 C0-channel upsampled input (kept for the shortcut), its SiLU, the
 # causal pad's copy and the convolution's reordered copy (8), plus the C0 output and its copies.
@@ -147,8 +142,8 @@ def vae_decode_bytes(m: ModelMemory, frames: int, height: int, width: int, tiled
 
 
 def activation_bytes(w: Workload, config: ParallelConfig, hw: Hardware = Hardware()) -> float:
-    """The DiT forward's activations on each GPU: the planner's formula with ACTIVATION_FACTOR."""
-    row = planner_estimate(w, config, replace(hw, activation_factor=ACTIVATION_FACTOR))
+    """The DiT forward's activations on each GPU: the planner's formula, with its `hw.activation_factor`."""
+    row = planner_estimate(w, config, hw)
     return row.memory_gb * GIB - w.params * w.bytes_per_el  # the planner's memory less its weights
 
 

@@ -84,7 +84,11 @@ class Hardware:
     hbm_gb_s: float = 3000.0  # device memory bandwidth (ring merges are memory-bound)
     memory_gb: float = 80.0
     latency_s: float = 20e-6  # per collective or ring step
-    activation_factor: float = 24.0  # live [tokens, D] tensors at a block's peak (h, q, k, v, MLP 4D, cat 5D, ...)
+    # Live [tokens, D] tensors at a block's peak, measured against CPU peaks (benchmarks/planner_memory.py: 18.6
+    # per token with the embed's sequence, fp32 and bf16): the end of a single-stream block holds the pre-concat
+    # stream, x, h, q, k, v, the attention output, the MLP (m D), the concat ((1 + m) D), its projection and the
+    # residual sum: 10 + 2m = 18 for m = 4. memory.py uses this value too.
+    activation_factor: float = 18.0
 
 
 @dataclass(frozen=True)

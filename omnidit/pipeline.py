@@ -423,12 +423,16 @@ class Pipeline:
             return self.dit(*args, **kwargs)
         return self.parallel.forward(self.dit, *args, **kwargs)
 
+    @property
+    def vae_axis(self):
+        """The processes a tiled VAE decode or encode splits its tiles across (None: this process alone)."""
+        return self.parallel.state.world if self.parallel is not None else None
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor):
         """Latents -> uint8 `[B, F, H, W, 3]` numpy."""
         from omnidit.tokenizers.vae import frames_to_uint8
 
         with pipeline_memory.on_device(self.vae, self.device, self.offload):
-            axis = self.parallel.state.world if self.parallel is not None else None  # tiles split across ranks
-            video = self.vae.decode(latents, axis=axis)  # [B, 3, F, H, W] in [-1, 1]
+            video = self.vae.decode(latents, axis=self.vae_axis)  # [B, 3, F, H, W] in [-1, 1]
         return frames_to_uint8(video).cpu().numpy()

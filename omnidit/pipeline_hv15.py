@@ -176,5 +176,5 @@ class HunyuanVideo15Pipeline(Pipeline):
         from omnidit.pipeline_memory import on_device
 
         with on_device(self.vae, self.device, self.offload):
-            latent = self.vae.encode(image_to_video(fitted))  # [1, C, 1, H', W'], the posterior mean
+            latent = self.vae.encode(image_to_video(fitted), axis=self.vae_axis)  # [1, C, 1, H', W'], the mean
         return latent.to(self.device), self.image_encoder.encode(fitted).to(self.device)

@@ -75,11 +75,12 @@ def check_request(images, frames: int, n: int) -> None:
 
 @torch.no_grad()
 def encode_start(
-    vae, images: list, height: int, width: int, device: torch.device
+    vae, images: list, height: int, width: int, device: torch.device, axis=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (PIL or None, one per sample) -> (latents `[B, C, 1, H', W']` fp32, zeros where None;
     mask `[B]` bool). Each image is fitted (scaled to cover, centre-cropped) and encoded alone as a
-    one-frame video (the posterior mean), so its latent does not depend on the batch."""
+    one-frame video (the posterior mean), so its latent does not depend on the batch. `axis`: the
+    processes a tiled encode splits across (`Pipeline.vae_axis`)."""
     c, _, h, w = vae.latent_shape(1, height, width)
     latent = torch.zeros(
         len(images), c, 1, h, w, dtype=torch.float32, device=device
@@ -88,7 +89,7 @@ def encode_start(
     for i, im in enumerate(images):
         if im is not None:
             latent[i] = (
-                vae.encode(image_to_video(fit_image(im, height, width)))[0]
+                vae.encode(image_to_video(fit_image(im, height, width)), axis=axis)[0]
                 .float()
                 .to(device)
             )
@@ -106,5 +107,6 @@ def first_frame(pipe, model_fn, latents: torch.Tensor, req, images):
         req.height,
         req.width,
         latents.device,
+        axis=pipe.vae_axis,
     )
     return condition_first_frame(model_fn, latent, latents[:, :, :1].float(), mask)

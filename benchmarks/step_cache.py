@@ -150,14 +150,7 @@ def main(argv=None) -> None:
     for side, setting, sec, frac, p, adh, speed in results:
         print(f"| {side} | {setting} | {sec[0]:.3f} | {sec[1]:.3f} | {speed[0]:.2f}x | {speed[1]:.2f}x | {frac:.0%} "
               f"| {p:.1f} | {adh:.3f} |")
-    by = {(r[0], r[1]): r[2] for r in results}
-    unc_o, unc_d = by["ours", "uncached"], by["diffusers", "uncached"]
-    print(f"uncached: ours {unc_d[0] / unc_o[0]:.2f}x (wall) / {unc_d[1] / unc_o[1]:.2f}x (CPU) faster than diffusers")
-    for (side, setting), sec in by.items():
-        if side == "ours" and setting != "uncached" and ("diffusers", setting) in by:
-            d = by["diffusers", setting]
-            print(f"{setting}: ours {d[0] / sec[0]:.2f}x (wall) / {d[1] / sec[1]:.2f}x (CPU) faster than diffusers")
-    equal_psnr(results, psnr_at=4)
+    compare(results)
 
 
 def _transformer_dir(model):
@@ -166,20 +159,27 @@ def _transformer_dir(model):
     return open_model(model).transformer_dir
 
 
-def equal_psnr(results, *, psnr_at: int, slack_db: float = 0.5) -> None:
-    """For each cached diffusers row: our fastest setting (any policy) whose PSNR is at least
-    theirs minus `slack_db` (the rounding between two first-block caches at one threshold), and
-    how much faster it is, by wall and by CPU time."""
+def compare(results, *, slack_db: float = 0.5) -> None:
+    """Print ours vs diffusers from result rows `(side, setting, (wall, cpu) s, passes, PSNR, ...)`:
+    uncached and per equal setting, then, for each cached diffusers row, our fastest setting (any
+    policy) whose PSNR is at least theirs minus `slack_db` (the rounding between two first-block
+    caches at one threshold). Shared with step_cache_anchor.py."""
+    by = {(r[0], r[1]): r for r in results}
+    for (side, setting), r in by.items():
+        d = by.get(("diffusers", setting))
+        if side == "ours" and d is not None:
+            print(f"{setting}: ours {d[2][0] / r[2][0]:.2f}x (wall) / {d[2][1] / r[2][1]:.2f}x (CPU) faster than "
+                  "diffusers")
     ours = [r for r in results if r[0] == "ours" and r[1] != "uncached"]
     for r in results:
         if r[0] != "diffusers" or r[1] == "uncached":
             continue
-        ok = [o for o in ours if o[psnr_at] >= r[psnr_at] - slack_db]
+        ok = [o for o in ours if o[4] >= r[4] - slack_db]
         if not ok:
-            print(f"at diffusers {r[1]} ({r[psnr_at]:.1f} dB): no setting of ours reaches that PSNR")
+            print(f"at diffusers {r[1]} ({r[4]:.1f} dB): no setting of ours reaches that PSNR")
             continue
         best = min(ok, key=lambda o: o[2][1])
-        print(f"at diffusers {r[1]} ({r[psnr_at]:.1f} dB): ours {best[1]} ({best[psnr_at]:.1f} dB) is "
+        print(f"at diffusers {r[1]} ({r[4]:.1f} dB): ours {best[1]} ({best[4]:.1f} dB) is "
               f"{r[2][0] / best[2][0]:.2f}x (wall) / {r[2][1] / best[2][1]:.2f}x (CPU) faster")
 
 

@@ -175,3 +175,25 @@ def test_shipped_models_start_from_the_image(shipped, name, steps):
     assert (
         score(gen.frames, spec)["motion"] == 1.0
     )  # later frames move as the prompt says
+
+
+def test_start_image_encode_and_decode_get_the_pipelines_vae_axis(tiny, start_image, monkeypatch):
+    """Under sequence parallelism a tiled encode splits across `Pipeline.vae_axis`: the start
+    image's encode must be handed it like the decode is."""
+    from types import SimpleNamespace
+
+    from omnidit import Pipeline
+
+    axis = SimpleNamespace(world_size=1)  # one process: the VAE takes its unsplit path
+    monkeypatch.setattr(Pipeline, "vae_axis", property(lambda self: axis))
+    seen = []
+    for op in ("encode", "decode"):
+        real = getattr(tiny.vae, op)
+
+        def spy(x, *args, _real=real, _op=op, **kwargs):
+            seen.append((_op, kwargs.get("axis")))
+            return _real(x, *args, **kwargs)
+
+        monkeypatch.setattr(tiny.vae, op, spy)
+    tiny.generate(PROMPT, frames=5, seed=3, steps=2, image=start_image)
+    assert seen == [("encode", axis), ("decode", axis)]

@@ -206,6 +206,26 @@ def test_i2v_frames_match_diffusers(i2v_dir, i2v_pipe, start_image):
     assert_frames_close(gen.frames, ref)
 
 
+def test_i2v_start_image_encode_gets_the_pipelines_vae_axis(i2v_pipe, start_image, monkeypatch):
+    """A tiled encode splits across `Pipeline.vae_axis` under sequence parallelism: the 1.5 start
+    image's encode is handed it."""
+    from types import SimpleNamespace
+
+    from omnidit import Pipeline
+
+    axis = SimpleNamespace(world_size=1)  # one process: the VAE takes its unsplit path
+    monkeypatch.setattr(Pipeline, "vae_axis", property(lambda self: axis))
+    seen, real = [], i2v_pipe.vae.encode
+
+    def spy(x, *args, **kwargs):
+        seen.append(kwargs.get("axis"))
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(i2v_pipe.vae, "encode", spy)
+    i2v_pipe.generate(GLYPH_PROMPT, frames=5, steps=1, seed=0, image=start_image)
+    assert seen == [axis]
+
+
 def test_image_argument_is_checked(t2v_pipe, i2v_pipe, start_image, i2v_dir):
     from omnidit.serving.engine import model_info
     from omnidit.serving.schemas import ModelInfo

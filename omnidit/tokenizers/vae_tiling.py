@@ -201,39 +201,51 @@ def _compute(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, plan: 
     return out
 
 
-def _assemble(raw: dict, t: _Axis, h: _Axis, w: _Axis, size: tuple[int, int, int]) -> torch.Tensor:
-    """Blend and crop the pieces into `[B, C, *size]` (size: output frames, height, width)."""
-    windows = sorted({k for k, _, _ in raw})
+def _space(raw: dict, k: int, h: _Axis, w: _Axis) -> torch.Tensor:
+    """Blend and crop temporal window k's tiles `{(k, i, j): tile}` into one chunk `[B, C, t, H, W]`."""
+    if not (h.active or w.active):
+        return raw[(k, 0, 0)]
     n_rows, n_cols = 1 + max(i for _, i, _ in raw), 1 + max(j for _, _, j in raw)
-    chunks = []
-    for k in windows:
-        if not (h.active or w.active):
-            chunk = raw[(k, 0, 0)]
-        else:
-            above: list[torch.Tensor | None] = [None] * n_cols
-            lines = []
-            for i in range(n_rows):
-                row: list[torch.Tensor] = []
-                for j in range(n_cols):
-                    tile = raw[(k, i, j)]
-                    if above[j] is not None:
-                        tile = _ramp_blend(above[j], tile, h.blend, dim=3)
-                    if row:
-                        tile = _ramp_blend(row[-1], tile, w.blend, dim=4)
-                    row.append(tile)
-                lines.append(torch.cat([tile[:, :, :, : h.crop, : w.crop] for tile in row], dim=4))
-                above = row
-            chunk = torch.cat(lines, dim=3)
-        chunks.append(chunk[:, :, :, : size[1], : size[2]])
-    if not t.active:
-        return chunks[0][:, :, : size[0]]
-    kept, prev = [], None
-    for k, chunk in enumerate(chunks):
-        if k > 0:
+    above: list[torch.Tensor | None] = [None] * n_cols
+    lines = []
+    for i in range(n_rows):
+        row: list[torch.Tensor] = []
+        for j in range(n_cols):
+            tile = raw[(k, i, j)]
+            if above[j] is not None:
+                tile = _ramp_blend(above[j], tile, h.blend, dim=3)
+            if row:
+                tile = _ramp_blend(row[-1], tile, w.blend, dim=4)
+            row.append(tile)
+        lines.append(torch.cat([tile[:, :, :, : h.crop, : w.crop] for tile in row], dim=4))
+        above = row
+    return torch.cat(lines, dim=3)
+
+
+def _tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, t: _Axis, h: _Axis, w: _Axis,
+           size: tuple[int, int, int], axis) -> torch.Tensor:
+    """`fn` piece by piece over `x`, blended into `[B, C, *size]` (size: output frames, height, width).
+
+    One temporal window at a time: its tiles are computed (split across `axis`'s processes), blended
+    in space, faded into the previous window and written into the output, so what is alive at once is
+    the output plus one window's tiles, not every tile of the video (at 129 frames, 11 windows)."""
+    plan = _plan(x, t, h, w)
+    out, filled, prev = None, 0, None
+    for k in sorted({k for k, _, _ in plan}):
+        raw = _compute(fn, x, {p: s for p, s in plan.items() if p[0] == k}, axis)
+        chunk = _space(raw, k, h, w)[:, :, :, : size[1], : size[2]]
+        del raw
+        if t.active and k > 0:
             chunk = _ramp_blend(prev, chunk[:, :, 1:], t.blend, dim=2)  # the causal frame dropped, then faded in
-        kept.append(chunk[:, :, : t.crop + (1 if k == 0 else 0)])
+        keep = chunk[:, :, : t.crop + (1 if k == 0 else 0)] if t.active else chunk
+        if out is None:
+            out = keep.new_empty((*keep.shape[:2], size[0], *keep.shape[3:]))  # [B, C, F, H, W]
+        n = min(keep.shape[2], size[0] - filled)
+        if n > 0:
+            out[:, :, filled: filled + n] = keep[:, :, :n]
+            filled += n
         prev = chunk
-    return torch.cat(kept, dim=2)[:, :, : size[0]]
+    return out
 
 
 def tiled_decode(vae, z: torch.Tensor, tiles: Tiles | Tiles15 | None = None, *, axis=None) -> torch.Tensor:
@@ -241,11 +253,10 @@ def tiled_decode(vae, z: torch.Tensor, tiles: Tiles | Tiles15 | None = None, *, 
     tiles = tiles or tiles_of(vae, spatial=True)
     r, tr = int(vae.config.spatial_compression_ratio), int(vae.config.temporal_compression_ratio)
     t, h, w = tiles.axes(z.shape, latent_in=True, r=r, tr=tr)
-    plan = _plan(z, t, h, w)
     post = getattr(vae, "post_quant_conv", None)  # 1.0 has one; 1.5's decoder takes the latents as they are
-    raw = _compute(lambda piece: vae.decoder(post(piece) if post is not None else piece), z, plan, axis)
     _, _, T, H, W = z.shape
-    return _assemble(raw, t, h, w, ((T - 1) * tr + 1, H * r, W * r))
+    return _tiled(lambda piece: vae.decoder(post(piece) if post is not None else piece), z, t, h, w,
+                  ((T - 1) * tr + 1, H * r, W * r), axis)
 
 
 def tiled_encode(vae, x: torch.Tensor, tiles: Tiles | Tiles15 | None = None, *, axis=None) -> torch.Tensor:
@@ -253,8 +264,7 @@ def tiled_encode(vae, x: torch.Tensor, tiles: Tiles | Tiles15 | None = None, *, 
     tiles = tiles or tiles_of(vae, spatial=True)
     r, tr = int(vae.config.spatial_compression_ratio), int(vae.config.temporal_compression_ratio)
     t, h, w = tiles.axes(x.shape, latent_in=False, r=r, tr=tr)
-    plan = _plan(x, t, h, w)
     quant = getattr(vae, "quant_conv", None)  # 1.0 has one; 1.5's encoder gives the moments itself
-    raw = _compute(lambda piece: quant(vae.encoder(piece)) if quant is not None else vae.encoder(piece), x, plan, axis)
     _, _, T, H, W = x.shape
-    return _assemble(raw, t, h, w, ((T - 1) // tr + 1, H // r, W // r))
+    return _tiled(lambda piece: quant(vae.encoder(piece)) if quant is not None else vae.encoder(piece), x, t, h, w,
+                  ((T - 1) // tr + 1, H // r, W // r), axis)

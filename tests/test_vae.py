@@ -151,14 +151,21 @@ def test_auto_tiling_switches_on_for_large_frames_only(vae_dir, monkeypatch):
     # Small tiles so the tiny test frames are "large" for diffusers' tiler.
     vv.vae.tile_sample_min_height = vv.vae.tile_sample_min_width = 16
     vv.vae.tile_sample_stride_height = vv.vae.tile_sample_stride_width = 8
+    from omnidit.tokenizers import vae_tiling
+
     calls = []
-    real = vv.vae.tiled_decode
-    monkeypatch.setattr(vv.vae, "tiled_decode", lambda z, **kw: calls.append(z.shape) or real(z, **kw))
+    real = vae_tiling.tiled_decode
+    monkeypatch.setattr(vae_tiling, "tiled_decode", lambda vae, z, *a, **kw: calls.append(z.shape) or real(vae, z, *a, **kw))
     z = torch.randn(1, 4, 1, 2, 2)
     assert vv.decode(z).shape == (1, 3, 1, 16, 16) and calls == []  # at the threshold: untiled
-    out = vv.decode(torch.randn(1, 4, 1, 4, 4))
-    assert out.shape == (1, 3, 1, 32, 32) and len(calls) == 1
+    z = torch.randn(1, 4, 1, 4, 4)
+    out = vv.decode(z)
+    assert out.shape == (1, 3, 1, 32, 32) and len(calls) == 1  # our tiler (one window at a time)
     assert vv.vae.use_tiling is False  # restored after the call
+    vv.vae.use_tiling = True  # the same frames as diffusers' own tiled decode
+    ref = vv.vae.decode(z.to(vv.dtype) / vv.scaling_factor).sample
+    vv.vae.use_tiling = False
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     vv.enable_tiling()
     assert vv.vae.use_tiling is True
     vv.disable_tiling()

@@ -182,8 +182,9 @@ class VideoVAE:
     def decode(self, latents: torch.Tensor, *, axis=None) -> torch.Tensor:
         """Latents (scaled) [B, C, F', H', W'] -> video [B, 3, 1 + t(F'-1), s H', s W'] in [-1, 1].
 
-        `axis` (omnidit/parallel/state.py, K > 1 processes): a decode that tiles is split tile by tile
-        across them (vae_tiling.py, both VAEs), with the same frames as one process's."""
+        A decode that tiles runs vae_tiling.py's (diffusers' frames, one temporal window alive at a
+        time instead of every tile of the video); `axis` (omnidit/parallel/state.py, K > 1
+        processes) splits it tile by tile across them, with the same frames as one process's."""
         if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
             raise ValueError(
                 f"latents must be [B, {self.latent_channels}, F, H, W], got shape {tuple(latents.shape)}"
@@ -193,7 +194,7 @@ class VideoVAE:
         s = self.spatial_ratio
         tiled = self._auto_tiling(z.shape[-2] * z.shape[-1] * s * s)
         try:
-            if self._split(axis):
+            if self.vae.use_tiling:
                 from omnidit.tokenizers.vae_tiling import tiled_decode, tiles_of
 
                 return tiled_decode(self.vae, z, tiles_of(self.vae), axis=axis)  # [B, 3, F, H, W]

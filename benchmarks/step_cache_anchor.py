@@ -26,7 +26,7 @@ import torch
 
 from omnidit.dit import DiT, DiTConfig
 from omnidit.dit.cache import Recorder, build_cache, fit_calibration
-from step_cache import compare  # benchmarks/ is the script's own folder on sys.path
+from step_cache import BlockPasses, compare  # benchmarks/ is the script's own folder on sys.path
 
 # Small widths so 30 steps x 2 branches x ~20 settings fit a CPU run; HunyuanVideo's block layout.
 ANCHOR = DiTConfig(
@@ -34,17 +34,6 @@ ANCHOR = DiTConfig(
     num_single_layers=4, num_refiner_layers=1, text_embed_dim=256, pooled_projection_dim=128,
     rope_axes_dim=(16, 24, 24),
 )  # fmt: skip
-
-
-class Passes:
-    """Rows through the last single block's output projection: one row = one sample-branch pass."""
-
-    def __init__(self, block):
-        self.rows = 0
-        self.handle = block.proj_out.register_forward_pre_hook(self._count)
-
-    def _count(self, module, args):
-        self.rows += args[0].shape[0]
 
 
 def euler_cfg(forward, x0, text, mask, pooled, guidance, steps: int, scale: float, shift: float) -> torch.Tensor:
@@ -124,7 +113,7 @@ def main(argv=None) -> None:
         wall = cpu = float("inf")
         out = None
         block = (ours if side == "ours" else theirs).single_transformer_blocks[-1]
-        counter = Passes(block)
+        counter = BlockPasses(block)
         try:
             for _ in range(args.repeats):
                 if cache is not None:

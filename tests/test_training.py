@@ -378,3 +378,43 @@ def test_pixel_weights_pick_out_object_outlines():
     assert int((w > 11).sum()) == 8 * 8 - 4 * 4  # a 2-pixel band around the square
     plain = pixel_weights(x, 10.0)[0, 0, 0]  # no edge term: objects and background only
     assert torch.equal(plain, torch.where((w == 11) | (w == 31), 11.0, 1.0))
+
+
+def test_vae_decoder_learns_a_new_word_with_the_latent_space_unchanged(tmp_path):
+    """--word: a share of every batch holds the new word; the decoder-only run keeps the encoder
+    (the base DiT's latent space) and measures its reconstructions of the word's scenes."""
+    import torch
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    from omnidit.shapes import parse_prompt
+    from omnidit.training.shapes_stream import stream_batches
+    from omnidit.training.vae_train import VAETrainConfig, train_vae
+
+    prompts, frames = next(stream_batches(8, frames=1, size=32, workers=0, word="cross", p_word=0.25))
+    shapes = [[o.shape for o in parse_prompt(p).objects] for p in prompts]
+    assert frames.shape == (8, 1, 32, 32, 3)
+    assert ["cross" in s for s in shapes] == [True] * 2 + [False] * 6, shapes
+
+    src = make_tiny_model_dir(tmp_path / "tiny") / "vae"
+    folder = train_vae(VAETrainConfig(out=str(tmp_path / "cross"), init_from=str(src), decoder_only=True, word="cross",
+                                      p_word=0.5, max_steps=3, max_minutes=None, images_per_step=4, clips_per_step=0,
+                                      eval_n=4, size=32))
+    last = _metrics(tmp_path / "cross" / "metrics.jsonl")[-1]
+    assert 0.0 <= last["reconstruction_adherence_cross"]["shape"] <= 1.0
+    old, new = AutoencoderKLHunyuanVideo.from_pretrained(src), AutoencoderKLHunyuanVideo.from_pretrained(folder)
+    for (name, a), b in zip(old.encoder.state_dict().items(), new.encoder.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_train_vae_cli_rejects_a_bad_word_share(tmp_path, capsys):
+    import pytest
+
+    from omnidit.cli import main
+
+    for argv, words in ((["--word", "cross", "--p-word", "1.5"], ["p_word", "[0, 1]"]),
+                        (["--word", "hexagon"], ["--word", "cross"])):
+        with pytest.raises(SystemExit) as e:
+            raise SystemExit(main(["train", "vae", "--out", str(tmp_path / "x"), *argv]))
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert all(w in err for w in words) and "Traceback" not in err, err

@@ -47,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_vae(v: argparse.ArgumentParser) -> None:
+    from omnidit.shapes.spec import NEW_SHAPES
     from omnidit.training.vae_train import VAETrainConfig
 
     c = ConfigFlags(v, VAETrainConfig)
@@ -82,6 +83,10 @@ def _add_vae(v: argparse.ArgumentParser) -> None:
     c.add("--spatial-compression", choices=(4, 8),
           help="a new VAE's spatial downsampling (64x64 -> 8x8 or 16x16 latents)")
     c.add("--latent-channels", help="a new VAE's latent channels")
+    c.add("--word", choices=NEW_SHAPES,
+          help="also train on scenes holding this new word (with --decoder-only: a decoder that can draw "
+               "what a LoRA teaches, base latent space unchanged)")
+    c.add("--p-word", help="with --word: share of each batch's scenes that hold it")
     c.add("--seed")
     v.set_defaults(func=run_vae, config_flags=c)
 
@@ -174,7 +179,11 @@ def run_vae(args: argparse.Namespace) -> int:
             raise UserError(f"--denoise-sigma must satisfy 0 < LOW <= HIGH < 1, got {lo} {hi}")
         if not 0.0 <= args.denoise_p_clean < 1.0:
             raise UserError(f"--denoise-p-clean must be in [0, 1), got {args.denoise_p_clean}")
-    train_vae(args.config_flags.build(args))
+    try:
+        cfg = args.config_flags.build(args)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    train_vae(cfg)
     return 0
 
 

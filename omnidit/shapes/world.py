@@ -101,3 +101,14 @@ def random_batch(
     prompts = [prompt_for(s, rng, paraphrase=paraphrase) for s in specs]
     return prompts, render_batch(specs, frames=frames, size=size), specs
 
+
+def mixed_batch(
+    rng: np.random.Generator, n: int, *, frames: int, size: int, word: str | None, p_word: float,
+) -> tuple[list[str], np.ndarray]:
+    """n scenes, the first round(p_word * n) holding `word` (a new word) and the rest the base
+    grammar's: (prompts, uint8 [n, frames, size, size, 3]). `word` None: all from the base grammar."""
+    n_word = round(p_word * n) if word else 0
+    parts = [random_batch(rng, k, frames=frames, size=size, word=w)
+             for k, w in ((n_word, word), (n - n_word, None)) if k]
+    return [p for part in parts for p in part[0]], np.concatenate([part[1] for part in parts])
+

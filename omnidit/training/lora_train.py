@@ -79,13 +79,10 @@ class LoRATrainConfig:
 def scene_batch(cfg: LoRATrainConfig, step: int, size: int = 64) -> tuple[list[str], np.ndarray]:
     """Batch `step`'s (paraphrased prompts, uint8 [B, 1, size, size, 3]): round(p_word * B) scenes
     with the new word, the rest from the base grammar; a function of (seed, step) alone."""
-    from omnidit.shapes.world import random_batch
+    from omnidit.shapes.world import mixed_batch
 
     rng = np.random.default_rng([cfg.seed, step])
-    n_word = round(cfg.p_word * cfg.image_batch)
-    parts = [random_batch(rng, n, frames=1, size=size, word=w)
-             for n, w in ((n_word, cfg.word), (cfg.image_batch - n_word, None)) if n]
-    return [p for part in parts for p in part[0]], np.concatenate([part[1] for part in parts])
+    return mixed_batch(rng, cfg.image_batch, frames=1, size=size, word=cfg.word, p_word=cfg.p_word)
 
 
 @reference_attention()

@@ -19,25 +19,30 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 class ShapesStream(IterableDataset):
     """Endless batches of random scenes; worker w of a run started at `start` draws from its own
-    seeded generator, so runs are reproducible and a resumed run does not replay old batches."""
+    seeded generator, so runs are reproducible and a resumed run does not replay old batches.
+    `word` (one of spec.NEW_SHAPES) puts a new word in a `p_word` share of each batch."""
 
-    def __init__(self, batch: int, *, frames: int, size: int, seed: int, start: int = 0):
+    def __init__(self, batch: int, *, frames: int, size: int, seed: int, start: int = 0,
+                 word: str | None = None, p_word: float = 0.0):
         self.batch, self.frames, self.size, self.seed, self.start = batch, frames, size, seed, start
+        self.word, self.p_word = word, p_word
 
     def __iter__(self) -> Iterator[tuple[list[str], torch.Tensor]]:
-        from omnidit.shapes.world import random_batch
+        from omnidit.shapes.world import mixed_batch
 
         info = get_worker_info()
         rng = np.random.default_rng([self.seed, self.frames, self.start, info.id if info else 0])
         while True:
-            prompts, frames, _ = random_batch(rng, self.batch, frames=self.frames, size=self.size)
+            prompts, frames = mixed_batch(rng, self.batch, frames=self.frames, size=self.size,
+                                          word=self.word, p_word=self.p_word)
             yield prompts, torch.from_numpy(frames)  # uint8 [B, F, H, W, 3]
 
 
 def stream_batches(batch: int, *, frames: int, size: int = 64, seed: int = 0, start: int = 0,
-                   workers: int = 4) -> Iterator[tuple[list[str], torch.Tensor]]:
+                   workers: int = 4, word: str | None = None,
+                   p_word: float = 0.0) -> Iterator[tuple[list[str], torch.Tensor]]:
     """An iterator of rendered batches, `workers` processes rendering ahead (0 = in this process)."""
-    ds = ShapesStream(batch, frames=frames, size=size, seed=seed, start=start)
+    ds = ShapesStream(batch, frames=frames, size=size, seed=seed, start=start, word=word, p_word=p_word)
     if workers == 0:
         return iter(ds)
     loader = DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=4,

@@ -76,6 +76,19 @@ class VAETrainConfig:
     denoiser: str | None = None  # a model name or folder whose DiT denoises (a few-step one is best)
     denoise_sigma: tuple[float, float] = (0.2, 0.8)
     denoise_p_clean: float = 0.25  # share of samples decoded from the encoder's own latents
+    # A new word (spec.NEW_SHAPES) in a p_word share of the scenes: a decoder fine-tuned with it can
+    # draw what a LoRA then teaches the DiT (`omnidit train lora`); with the encoder frozen the DiT's
+    # latent space, hence the base model, is unchanged.
+    word: str | None = None
+    p_word: float = 0.25
+
+    def __post_init__(self) -> None:
+        from omnidit.shapes.spec import NEW_SHAPES
+
+        if self.word is not None and self.word not in NEW_SHAPES:
+            raise ValueError(f"word must be one of {list(NEW_SHAPES)}, got {self.word!r}")
+        if not 0.0 <= self.p_word <= 1.0:
+            raise ValueError(f"p_word must be in [0, 1], got {self.p_word}")
 
 
 def make_vae(norm_groups: int | None = None, spatial_compression: int = 8, latent_channels: int = 16):
@@ -280,10 +293,11 @@ def train_vae(cfg: VAETrainConfig) -> Path:
             disc_opt.load_state_dict(ck["disc_opt"])
         print(f"resumed VAE training at step {step}")
     # A resumed run draws new scenes (the stream is seeded by the start step), not a replay.
+    new_word = dict(word=cfg.word, p_word=cfg.p_word)
     images = stream_batches(cfg.images_per_step, frames=1, size=cfg.size, seed=cfg.seed, start=step,
-                            workers=cfg.workers)
+                            workers=cfg.workers, **new_word)
     clips = stream_batches(cfg.clips_per_step, frames=cfg.clip_frames, size=cfg.size, seed=cfg.seed,
-                           start=step, workers=cfg.workers) if cfg.clips_per_step else None
+                           start=step, workers=cfg.workers, **new_word) if cfg.clips_per_step else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     budget = Budget(cfg.max_steps, cfg.max_minutes)
     bar = tqdm(desc=f"vae ({mode.name})", unit="step", initial=step)
@@ -347,10 +361,14 @@ def _save(mode: VAEMode, folder: Path, cfg: VAETrainConfig, step: int) -> None:
     psnr = reconstruction_psnr(folder, size=cfg.size, n=cfg.eval_n)
     ceiling = {f: reconstruction_adherence(folder, frames=f, n=cfg.eval_n if f == 1 else max(1, cfg.eval_n // 4),
                                            size=cfg.size) for f in (1, 17)}
-    log_metrics(folder.parent / "metrics.jsonl", {"step": step, "psnr": round(psnr, 2),
-                                                   "reconstruction_adherence": ceiling})
+    record = {"step": step, "psnr": round(psnr, 2), "reconstruction_adherence": ceiling}
     print(f"VAE reconstruction: {psnr:.2f} dB PSNR; evaluator on reconstructions: images {ceiling[1]}, "
           f"17-frame videos {ceiling[17]}")
+    if cfg.word:
+        record[f"reconstruction_adherence_{cfg.word}"] = word = reconstruction_adherence(
+            folder, n=cfg.eval_n, size=cfg.size, word=cfg.word)
+        print(f"images holding {cfg.word!r}: {word}")
+    log_metrics(folder.parent / "metrics.jsonl", record)
 
 
 @torch.no_grad()
@@ -385,14 +403,15 @@ def reconstruction_psnr(vae_dir: Path, *, frames: int = 1, n: int = 64, size: in
 
 @torch.no_grad()
 def reconstruction_adherence(vae_dir: Path, *, frames: int = 1, n: int = 128, size: int = 64, seed: int = 321,
-                             device: str | torch.device = "cpu") -> dict:
-    """Evaluator scores of encode->decode on fresh scenes: the ceiling any DiT on this VAE can reach."""
+                             device: str | torch.device = "cpu", word: str | None = None) -> dict:
+    """Evaluator scores of encode->decode on fresh scenes (each holding `word` when given): the
+    ceiling any DiT on this VAE can reach."""
     from omnidit.shapes.evaluate import evaluate_many
     from omnidit.shapes.world import random_batch
     from omnidit.tokenizers import VideoVAE, frames_to_uint8
 
     vae = VideoVAE.from_pretrained(vae_dir, device=device)
-    _, vid, specs = random_batch(np.random.default_rng(seed), n, frames=frames, size=size)
+    _, vid, specs = random_batch(np.random.default_rng(seed), n, frames=frames, size=size, word=word)
     x = to_video_tensor(vid)
     rec = torch.cat([frames_to_uint8(vae.decode(vae.encode(x[i:i + 32]))).cpu() for i in range(0, n, 32)])
     return evaluate_many(zip(rec.numpy(), specs))

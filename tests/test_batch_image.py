@@ -94,14 +94,14 @@ def test_a_chunk_with_and_without_images_equals_each_alone(files, tmp_path):
     items = parse_prompts(
         files / "prompts.jsonl", temporal_ratio=4
     ).items  # rel, abs, none: one chunk
-    out = generate_chunk(pipe, items)
+    # Compare the frames before encoding: two H.264 encodes of frames one level apart can
+    # differ by several levels, so decoded mp4s would test the codec, not the batch.
+    frames = {}
+    out = generate_chunk(pipe, items, finish=lambda gen, it: frames.__setitem__(it.id, gen.frames))
     for it, (result, data) in zip(items, out):
         assert result["status"] == "ok", result
         assert result["params"].get("image") == it.image
         (tmp_path / f"{it.id}.mp4").write_bytes(data)
+        assert read_video(tmp_path / f"{it.id}.mp4").shape == frames[it.id].shape
         alone = pipe.generate(it.prompt, frames=5, seed=it.seed, image=it.image)
-        alone.save(tmp_path / f"{it.id}-alone.mp4")
-        assert_frames_close(
-            read_video(tmp_path / f"{it.id}.mp4"),
-            read_video(tmp_path / f"{it.id}-alone.mp4"),
-        )
+        assert_frames_close(frames[it.id], alone.frames)

@@ -1,7 +1,7 @@
 """What a DiT-only adapter can reach on a new word: the evaluator on the model's own VAE
 reconstructions of ground-truth scenes (`omnidit eval --word`'s prompts), beside the base grammar's.
 
-    python benchmarks/new_word_ceiling.py --model shapes --word cross --n 200
+    python benchmarks/new_word_ceiling.py --model shapes --word cross --n 200 [--vae DIR]
 
 A LoRA changes only the DiT, which learns to produce the encoder's latents; what the decoder makes
 of those latents bounds the adherence any adapter can show. Per-size shape rows show where it is lost.
@@ -30,8 +30,9 @@ def main() -> None:
     ap.add_argument("--word", choices=NEW_SHAPES, default="cross")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1000, help="omnidit eval's prompt seed")
+    ap.add_argument("--vae", default=None, help="another VAE folder (a fine-tuned decoder); default: the model's")
     args = ap.parse_args()
-    vae = VideoVAE.from_pretrained(resolve_model(args.model) / "vae")
+    vae = VideoVAE.from_pretrained(args.vae or resolve_model(args.model) / "vae")
     for label, word in ((f"--word {args.word}", args.word), ("base grammar", None)):
         prompts = eval_prompts(args.n, seed=args.seed, video=False, word=word)
         specs = [parse_prompt(p) for p in prompts]

@@ -7,7 +7,8 @@ Cases: (a) one DiT forward (inference, no_grad, the sdpa backend) of a small Hun
 (4 heads x 64, 2 dual + 2 single blocks) at a few token counts, batch 1 and 2 (CFG), fp32 and bf16;
 (b) one decode of a small-channel HunyuanVideo VAE (block_out_channels 8/16/32/32: the real 128/256/512/512
 divided by 16, so the full-resolution levels keep their channel ratios) through VideoVAE, the product's
-decode path: untiled (diffusers' default 16-frame windows, whole frames) and tiled (256x256 tiles).
+decode path: untiled (diffusers' default 16-frame windows, whole frames) and tiled (256x256 tiles, vae_tiling.py's
+window-at-a-time decode).
 
 How the peak is measured, and why: each case runs in a fresh subprocess; after the model, the inputs and a
 warm-up call on a small input (oneDNN and OpenMP set-up, not the phase's memory) are in place, the kernel's
@@ -45,6 +46,7 @@ VAE_CASES = [  # (frames, height, width, tiled)
     (33, 128, 128, False),  # 9 latent frames: three temporal windows
     (5, 256, 384, True),
     (9, 384, 512, True),
+    (33, 256, 384, True),  # three windows of two tiles each
 ]
 TEXT_TOKENS = 64
 

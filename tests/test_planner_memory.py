@@ -116,6 +116,7 @@ def test_activations_against_a_measured_dit_forward(case):
 @pytest.mark.parametrize("case", [
     (5, 256, 256, False),  # one piece: the whole video at once
     (5, 256, 384, True),  # two 256x256 tiles blended: one tile live, the pieces and the video held
+    (33, 256, 384, True),  # three windows of two tiles: one window's tiles held at a time, not the video's
 ])
 def test_vae_decode_against_a_measured_decode(case):
     bench = _bench()

@@ -10,8 +10,8 @@ Per GPU, in bytes (b = 2 for bf16):
     VAE decode    weights + the live activations of one piece: VAE_LIVE x C0 x frames x pixels x b, for one
                   temporal window (16+1 frames: diffusers' default framewise decode, on in every decode here)
                   of whole frames untiled, or of one 256x256 tile tiled; plus the output video and the decoded
-                  pieces awaiting their blend (the video x their overlap: 16/12 in time past one window,
-                  (256/192)^2 in space when tiled)
+                  pieces awaiting their blend: untiled, every window's (the video x 16/12 past one window);
+                  tiled, one window's tiles (x (256/192)^2) and the previous window's frames
 
 Checked against measured peaks of small CPU configs (benchmarks/planner_memory.py,
 tests/test_planner_memory.py): activations and VAE decode within 25%.
@@ -130,27 +130,37 @@ def dit_bytes(m: ModelMemory, weights: str, offload: str, b: int = 2) -> float:
 
 def vae_decode_bytes(m: ModelMemory, frames: int, height: int, width: int, tiled: bool, b: int = 2) -> float:
     """Weights + one piece's live activations + the output video + the decoded pieces before their blend
-    (none when the video is one piece)."""
+    (none when the video is one piece).
+
+    Untiled is diffusers' framewise decode, which holds every window's frames until it blends them (the video
+    x their overlap); tiled is vae_tiling.py's, which holds one window's tiles (x their overlap in space) and
+    the previous window's frames to fade into, whatever the length."""
     pixels = height * width
     windowed, split = frames > WINDOW_FRAMES, tiled and max(height, width) > TILE
-    piece = min(frames, WINDOW_FRAMES) * (min(height, TILE) * min(width, TILE) if tiled else pixels)
+    window = min(frames, WINDOW_FRAMES)
+    piece = window * (min(height, TILE) * min(width, TILE) if tiled else pixels)
     live = VAE_LIVE * m.vae_channels * piece * b
     video = 3 * frames * pixels * b
-    overlap = (WINDOW_OVERLAP if windowed else 1) * (TILE_OVERLAP if split else 1)
-    pieces = overlap if windowed or split else 0  # a video of one piece is that piece
-    return m.vae_params * b + live + video * (1 + pieces)
+    if not tiled:
+        held = video * WINDOW_OVERLAP if windowed else 0.0
+    else:
+        held = 3 * window * pixels * b * ((TILE_OVERLAP if split else 0) + (1 if windowed else 0))
+    return m.vae_params * b + live + video + held
 
 
 def activation_bytes(w: Workload, config: ParallelConfig, hw: Hardware = Hardware()) -> float:
     """The DiT forward's activations on each GPU: the planner's formula, with its `hw.activation_factor`."""
-    row = planner_estimate(w, config, hw)
+    return _activations(w, planner_estimate(w, config, hw))
+
+
+def _activations(w: Workload, row: PlanRow) -> float:
     return row.memory_gb * GIB - w.params * w.bytes_per_el  # the planner's memory less its weights
 
 
 def estimate(m: ModelMemory, w: Workload, row: PlanRow, *, weights: str, offload: str, tiled: bool,
              frames: int, height: int, width: int, hw: Hardware) -> MemoryPlan:
     dit = dit_bytes(m, weights, offload)
-    act = activation_bytes(w, row.config, hw)
+    act = _activations(w, row)  # the row is the planner's estimate of this config on this hardware
     text = 0.0 if offload == "blocks" else m.text_encoder_bytes
     vae = vae_decode_bytes(m, frames, height, width, tiled)
     peak = max(dit + act, text + (dit if offload == "none" else 0.0), dit + vae)

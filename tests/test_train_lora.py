@@ -72,6 +72,17 @@ def test_adapter_lowers_loss_loads_back_and_changes_the_output(model, tmp_path):
     result = json.loads(out.read_text())
     assert result["model"].endswith("+ m-cross:1") and result["images"]["n"] == 2 and "shape" in result["images"]["scores"]
 
+    # eval --decoder keeps sampled latents: ones sampled with an adapter (or another scale) are never reused without
+    cache, kept = tmp_path / "latents", []
+    for extra in ([], ["--lora", str(path)], ["--lora", f"{path}:0.5"], []):
+        assert main(["eval", "--model", str(model), "--word", "cross", *extra, "--n", "2", "--videos", "0",
+                     "--size", "32", "--steps", "2", "--decoder", str(model / "vae"),
+                     "--latent-cache", str(cache)]) == 0
+        kept.append(sorted(cache.iterdir()))
+    assert [len(k) for k in kept] == [1, 2, 3, 3]
+    plain, adapted = (torch.load(f) for f in kept[0] + [f for f in kept[1] if f not in kept[0]])
+    assert not torch.equal(plain, adapted)
+
 
 def test_resumed_run_equals_an_unbroken_one(model, tmp_path):
     from safetensors.torch import load_file

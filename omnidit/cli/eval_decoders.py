@@ -46,9 +46,19 @@ def cache_path(args: argparse.Namespace, pipe, model_dir: Path, kind: str, promp
     key = json.dumps({"model": str(model_dir.resolve()), "written": index.stat().st_mtime_ns, "prompts": prompts,
                       "frames": frames, "seed": args.seed, "size": args.size, "batch": args.batch_size,
                       "device": args.device, "sampler": pipe.config.sampler, "shift": pipe.config.shift,
-                      **call}, sort_keys=True)
+                      **call, **_adapters(args)}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return Path(args.latent_cache) / f"{model_dir.name}-{kind}-{len(prompts)}-{digest}.pt"
+
+
+def _adapters(args: argparse.Namespace) -> dict:
+    """The --lora adapters the latents were sampled with: each file's content hash and scale (nothing
+    without --lora, so the keys of adapter-free latents stay what they were)."""
+    from omnidit.cli.lora_flags import lora_specs
+
+    specs = lora_specs(getattr(args, "lora", None) or [])
+    return {"loras": {name: [hashlib.sha256(path.read_bytes()).hexdigest(), scale]
+                      for name, (path, scale) in specs.items()}} if specs else {}
 
 
 def eval_latents(args: argparse.Namespace, pipe, model_dir: Path, sets, call: dict) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).parent / "models"
+SHIPPED_LORAS = MODELS_DIR / "loras"  # the adapters this project trained for the shipped models (their cards inside)
 DEFAULT_MODEL = "shapes-turbo"
 INDEX = "model_index.json"
 CACHE_CALIBRATION = "cache.json"  # step-cache calibration beside model_index.json (diffusers ignores it)

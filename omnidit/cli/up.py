@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo-port", type=port_number("--demo-port"), default=DEMO_PORT)
     p.add_argument("--data-dir", default=ServeSettings.data_dir)
     p.add_argument("--api-key", default=None, help="require this bearer token (default: $OMNIDIT_API_KEY)")
+    p.add_argument("--lora-dir", default=None, metavar="DIR",
+                   help="adapters requests and the demo may pick (default: the shipped ones, omnidit/models/loras)")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the service")
     p.set_defaults(func=run)
 
@@ -40,6 +42,20 @@ def _up_models() -> list[str]:
     from omnidit.model_folder import shipped_models
 
     return [m for m in UP_MODELS if m in shipped_models()]
+
+
+def serve_args(args: argparse.Namespace) -> list[str]:
+    """The `omnidit serve` arguments: the shipped models and their shipped adapters unless told otherwise
+    (adapters trained for the shipped models are not offered beside a folder given with --model)."""
+    from omnidit.model_folder import SHIPPED_LORAS
+
+    out = ["serve", "--host", args.host, "--port", str(args.port), "--data-dir", args.data_dir]
+    for model in args.model or _up_models():
+        out += ["--model", model]
+    lora_dir = args.lora_dir
+    if lora_dir is None and args.model is None and any(SHIPPED_LORAS.glob("*.safetensors")):
+        lora_dir = str(SHIPPED_LORAS)
+    return out + (["--lora-dir", lora_dir] if lora_dir else [])
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> bool:
@@ -91,9 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if args.api_key:
         env["OMNIDIT_API_KEY"] = args.api_key
     me = [sys.executable, "-m", "omnidit"]
-    serve = me + ["serve", "--host", args.host, "--port", str(args.port), "--data-dir", args.data_dir]
-    for model in args.model or _up_models():
-        serve += ["--model", model]
+    serve = me + serve_args(args)
     api = f"http://{args.host}:{args.port}"
     procs: list[subprocess.Popen] = []
     previous = signal.signal(signal.SIGTERM, _raise_terminated)

@@ -43,6 +43,15 @@ def lora_names(folder: str | Path) -> list[str]:
     return [p.stem for p in sorted(Path(folder).glob(f"*{LORA_SUFFIX}")) if p.stem and "." not in p.stem]
 
 
+def fingerprint(loras) -> dict[str, list]:
+    """{name: [sha1 of the file's bytes, scale]} of an adapter set {name: (path, scale)}, by name: what outputs
+    sampled with it depend on (the file's content, not its path), for keys that must change when it does."""
+    import hashlib
+
+    return {name: [hashlib.sha1(Path(path).read_bytes()).hexdigest(), scale] for name, (path, scale) in
+            sorted(loras.items())}
+
+
 def available(pipe) -> list[str]:
     """Adapters a request may name: those loaded plus those in the pipeline's library."""
     from omnidit.dit import lora

@@ -70,8 +70,7 @@ def test_videos_move_the_way_the_prompt_says():
 def test_the_shipped_cross_adapter_draws_crosses_and_up_offers_it(shapes):
     """omnidit/models/loras/shapes-cross.safetensors (its card beside it) teaches `shapes` the word
     "cross": the base model draws none, the adapter some (its card: 38 % of 100 prompts at 30 steps; the
-    floor allows for 16 prompts at 10 steps),
-    and `omnidit up` serves it with the shipped models."""
+    floor allows for 16 prompts at 10 steps), and `omnidit up` serves it with the shipped models."""
     from omnidit.cli import build_parser
     from omnidit.cli.up import serve_args
     from omnidit.model_folder import SHIPPED_LORAS

@@ -153,14 +153,10 @@ def job_variant(cfg: BatchConfig) -> dict:
     if cfg.weights is not None:
         v["weights"] = cfg.weights
     if cfg.loras:  # {name: [path, scale]}: the adapter file's bytes as well as its scale
-        v["loras"] = {name: [_file_sha1(path), scale] for name, (path, scale) in sorted(cfg.loras.items())}
+        from omnidit.pipeline_lora import fingerprint
+
+        v["loras"] = fingerprint(cfg.loras)
     return v
-
-
-def _file_sha1(path) -> str:
-    import hashlib
-
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
 def _lora_names(cfg: BatchConfig) -> list[str]:

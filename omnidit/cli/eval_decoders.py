@@ -55,10 +55,10 @@ def _adapters(args: argparse.Namespace) -> dict:
     """The --lora adapters the latents were sampled with: each file's content hash and scale (nothing
     without --lora, so the keys of adapter-free latents stay what they were)."""
     from omnidit.cli.lora_flags import lora_specs
+    from omnidit.pipeline_lora import fingerprint
 
     specs = lora_specs(getattr(args, "lora", None) or [])
-    return {"loras": {name: [hashlib.sha256(path.read_bytes()).hexdigest(), scale]
-                      for name, (path, scale) in specs.items()}} if specs else {}
+    return {"loras": fingerprint(specs)} if specs else {}
 
 
 def eval_latents(args: argparse.Namespace, pipe, model_dir: Path, sets, call: dict) -> dict:
